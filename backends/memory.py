@@ -1,1 +1,378 @@
-X=1
+"""The in-memory reference backend: the executable specification of the contract.
+
+It keeps records as the same JSON-safe dicts that other backends store, so it
+catches entities that do not survive `to_record`/`from_record`. A lock makes it
+safe for threads of one process; it is not shared between processes.
+
+`memory://NAME` returns the same store for the same NAME within a process;
+a plain `memory://` is a fresh store each time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import threading
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit
+
+from mltrail import limits
+from mltrail.backend import (
+    AuditRepository, Backend, BlobRepository, Capabilities, EntityRepository,
+    LineageRepository, MetricRepository, ScanRequest,
+)
+from mltrail.clock import isoformat
+from mltrail.domain import (
+    AuditEvent, Dataset, Entity, Experiment, LineageEdge, LineageNode, MetricPoint,
+    Model, ModelVersion, Run,
+)
+from mltrail.errors import (
+    AlreadyExistsError, ConflictError, InvalidInputError, NotFoundError,
+)
+from mltrail.query.evaluate import sort_key
+
+_NAMED_STORES: dict[str, MemoryBackend] = {}
+_NAMED_LOCK = threading.Lock()
+
+
+class MemoryEntityRepository(EntityRepository):
+    def __init__(self, entity_type: type[Entity], lock: threading.RLock) -> None:
+        self.entity_type = entity_type
+        self._lock = lock
+        self._records: dict[str, dict[str, Any]] = {}
+        self._unique: dict[tuple, str] = {}
+
+    def _unique_value(self, record: dict[str, Any]) -> tuple | None:
+        if not self.unique_key:
+            return None
+        return tuple(record[name] for name in self.unique_key)
+
+    def insert(self, entity: Entity) -> None:
+        record = entity.to_record()
+        with self._lock:
+            if entity.id in self._records:
+                raise AlreadyExistsError(f"{self.kind} {entity.id!r} already exists",
+                                         entity.id)
+            unique = self._unique_value(record)
+            if unique is not None and unique in self._unique:
+                raise AlreadyExistsError(
+                    f"{self.kind} with {dict(zip(self.unique_key, unique))} already "
+                    f"exists as {self._unique[unique]!r}",
+                    unique,
+                )
+            self._records[entity.id] = record
+            if unique is not None:
+                self._unique[unique] = entity.id
+
+    def get(self, entity_id: str) -> Entity:
+        with self._lock:
+            record = self._records.get(entity_id)
+        if record is None:
+            raise NotFoundError(f"{self.kind} {entity_id!r} not found", entity_id)
+        return self.entity_type.from_record(copy.deepcopy(record))
+
+    def find_unique(self, key: tuple) -> Entity | None:
+        with self._lock:
+            entity_id = self._unique.get(tuple(key))
+        return None if entity_id is None else self.get(entity_id)
+
+    def update(self, entity: Entity) -> None:
+        record = entity.to_record()
+        with self._lock:
+            stored = self._records.get(entity.id)
+            if stored is None:
+                raise NotFoundError(f"{self.kind} {entity.id!r} not found", entity.id)
+            if stored["revision"] != entity.revision - 1:
+                raise ConflictError(
+                    f"{self.kind} {entity.id!r} was changed concurrently (stored "
+                    f"revision {stored['revision']}, expected {entity.revision - 1})",
+                    entity.id,
+                )
+            if self._unique_value(stored) != self._unique_value(record):
+                raise InvalidInputError(
+                    f"{self.kind} {entity.id!r}: unique fields {self.unique_key} cannot "
+                    "change",
+                    entity.id,
+                )
+            self._records[entity.id] = record
+
+    def delete(self, entity_id: str) -> None:
+        with self._lock:
+            record = self._records.pop(entity_id, None)
+            if record is not None:
+                unique = self._unique_value(record)
+                if unique is not None:
+                    self._unique.pop(unique, None)
+
+    def scan(self, request: ScanRequest) -> Iterator[Entity]:
+        with self._lock:
+            records = [copy.deepcopy(r) for r in self._records.values()
+                       if request.namespace is None
+                       or r.get("namespace") == request.namespace]
+        entities = [self.entity_type.from_record(r) for r in records]
+        if request.order:
+            views = [(sort_key(vars(e), request.order), e) for e in entities]
+            views.sort(key=lambda pair: pair[0])
+            after = None if request.after is None else _after_key(request)
+            for key, entity in views:
+                if after is None or after < key:
+                    yield entity
+            return
+        entities.sort(key=lambda e: e.id)
+        yield from entities
+
+
+def _after_key(request: ScanRequest) -> tuple:
+    from mltrail.query.evaluate import sort_value
+
+    *values, last_id = request.after
+    parts = tuple(sort_value(value, key.descending)
+                  for value, key in zip(values, request.order))
+    return (*parts, last_id)
+
+
+class MemoryMetricRepository(MetricRepository):
+    def __init__(self, lock: threading.RLock) -> None:
+        self._lock = lock
+        # run id -> key -> sorted list of (order key, point record)
+        self._series: dict[str, dict[str, list[tuple[tuple, dict]]]] = {}
+        self._index: dict[tuple[str, str, str], tuple] = {}
+
+    def append(self, run_id: str, points: Sequence[MetricPoint]) -> None:
+        with self._lock:
+            runs = self._series.setdefault(run_id, {})
+            for point in points:
+                identity = (run_id, point.key, point.seq)
+                order = (point.step, isoformat(point.timestamp), point.seq)
+                series = runs.setdefault(point.key, [])
+                previous = self._index.get(identity)
+                if previous is not None:
+                    position = bisect.bisect_left(series, previous,
+                                                  key=lambda item: item[0])
+                    del series[position]
+                bisect.insort(series, (order, _point_record(point)),
+                              key=lambda item: item[0])
+                self._index[identity] = order
+
+    def history(self, run_id, key, *, min_step=None, max_step=None, start=None,
+                end=None) -> Iterator[MetricPoint]:
+        with self._lock:
+            series = list(self._series.get(run_id, {}).get(key, []))
+        for _, record in series:
+            point = _point_from_record(run_id, key, record)
+            if min_step is not None and point.step < min_step:
+                continue
+            if max_step is not None and point.step > max_step:
+                continue
+            if start is not None and point.timestamp < start:
+                continue
+            if end is not None and point.timestamp > end:
+                continue
+            yield point
+
+    def latest(self, run_ids, keys=None) -> dict[str, dict[str, MetricPoint]]:
+        result: dict[str, dict[str, MetricPoint]] = {}
+        with self._lock:
+            for run_id in run_ids:
+                for key, series in self._series.get(run_id, {}).items():
+                    if series and (keys is None or key in keys):
+                        point = _point_from_record(run_id, key, series[-1][1])
+                        result.setdefault(run_id, {})[key] = point
+        return result
+
+    def keys(self, run_id: str) -> list[str]:
+        with self._lock:
+            return sorted(k for k, s in self._series.get(run_id, {}).items() if s)
+
+    def delete_run(self, run_id: str) -> None:
+        with self._lock:
+            self._series.pop(run_id, None)
+            for identity in [i for i in self._index if i[0] == run_id]:
+                del self._index[identity]
+
+    def runs_with_metrics(self) -> Iterator[str]:
+        with self._lock:
+            run_ids = sorted(r for r, s in self._series.items() if s)
+        yield from run_ids
+
+
+def _point_record(point: MetricPoint) -> dict[str, Any]:
+    return {
+        "value": point.value,
+        "step": point.step,
+        "timestamp": point.timestamp,
+        "seq": point.seq,
+        "extra": point.extras(),
+    }
+
+
+def _point_from_record(run_id: str, key: str, record: dict[str, Any]) -> MetricPoint:
+    point = MetricPoint(run_id=run_id, key=key, value=record["value"],
+                        step=record["step"], timestamp=record["timestamp"],
+                        seq=record["seq"])
+    return point.with_extras(record["extra"])
+
+
+class MemoryLineageRepository(LineageRepository):
+    def __init__(self, lock: threading.RLock) -> None:
+        self._lock = lock
+        self._nodes: dict[str, LineageNode] = {}
+        self._edges: dict[str, LineageEdge] = {}
+
+    def put_node(self, node: LineageNode) -> None:
+        with self._lock:
+            existing = self._nodes.get(node.id)
+            if existing is not None and existing.kind != node.kind:
+                raise AlreadyExistsError(
+                    f"lineage node {node.id!r} exists as a {existing.kind.value}, not a "
+                    f"{node.kind.value}",
+                    node.id,
+                )
+            if existing is None:
+                self._nodes[node.id] = node
+
+    def get_node(self, node_id: str) -> LineageNode:
+        with self._lock:
+            node = self._nodes.get(node_id)
+        if node is None:
+            raise NotFoundError(f"lineage node {node_id!r} not found", node_id)
+        return node
+
+    def add_edge(self, edge: LineageEdge) -> None:
+        with self._lock:
+            self._edges.setdefault(edge.key, edge)
+
+    def edges(self, node_id: str, direction: str) -> list[LineageEdge]:
+        with self._lock:
+            if direction == "upstream":
+                found = [e for e in self._edges.values() if e.downstream == node_id]
+            else:
+                found = [e for e in self._edges.values() if e.upstream == node_id]
+        return sorted(found, key=lambda e: (e.source, e.type.value, e.target))
+
+    def scan_nodes(self) -> Iterator[LineageNode]:
+        with self._lock:
+            nodes = sorted(self._nodes.values(), key=lambda n: n.id)
+        yield from nodes
+
+    def scan_edges(self) -> Iterator[LineageEdge]:
+        with self._lock:
+            edges = sorted(self._edges.values(), key=lambda e: e.key)
+        yield from edges
+
+    def delete_node(self, node_id: str) -> None:
+        with self._lock:
+            self._nodes.pop(node_id, None)
+            for key in [k for k, e in self._edges.items()
+                        if node_id in (e.source, e.target)]:
+                del self._edges[key]
+
+
+class MemoryAuditRepository(AuditRepository):
+    def __init__(self, lock: threading.RLock) -> None:
+        self._lock = lock
+        self._events: list[dict[str, Any]] = []
+
+    def append(self, event: AuditEvent) -> None:
+        with self._lock:
+            if event.seq != len(self._events) + 1:
+                raise AlreadyExistsError(f"audit event seq {event.seq} is taken", event.seq)
+            self._events.append(event.to_record())
+
+    def last(self) -> AuditEvent | None:
+        with self._lock:
+            return AuditEvent.from_record(self._events[-1]) if self._events else None
+
+    def scan(self, after_seq: int = 0) -> Iterator[AuditEvent]:
+        with self._lock:
+            records = list(self._events[after_seq:])
+        for record in records:
+            yield AuditEvent.from_record(record)
+
+    def for_entity(self, entity_id: str) -> Iterator[AuditEvent]:
+        with self._lock:
+            records = [r for r in self._events if r["entity_id"] == entity_id]
+        for record in records:
+            yield AuditEvent.from_record(record)
+
+    def raw_events(self) -> list[dict[str, Any]]:
+        """The stored records themselves, for tests that tamper with the chain."""
+        return self._events
+
+
+class MemoryBlobRepository(BlobRepository):
+    def __init__(self, lock: threading.RLock) -> None:
+        self._lock = lock
+        self._blobs: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def put(self, namespace: str, key: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._blobs[(namespace, key)] = copy.deepcopy(record)
+
+    def get(self, namespace: str, key: str) -> dict[str, Any]:
+        with self._lock:
+            record = self._blobs.get((namespace, key))
+        if record is None:
+            raise NotFoundError(f"{namespace} record {key!r} not found", key)
+        return copy.deepcopy(record)
+
+    def scan(self, namespace: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            items = sorted((k, copy.deepcopy(v)) for (n, k), v in self._blobs.items()
+                           if n == namespace)
+        yield from items
+
+    def delete(self, namespace: str, key: str) -> None:
+        with self._lock:
+            self._blobs.pop((namespace, key), None)
+
+
+class MemoryBackend(Backend):
+    """Everything in dicts of this process; see the module docstring."""
+
+    schemes = ("memory",)
+
+    def __init__(self, name: str = "") -> None:
+        self._name = name
+        lock = threading.RLock()
+        self.experiments = MemoryEntityRepository(Experiment, lock)
+        self.runs = MemoryEntityRepository(Run, lock)
+        self.datasets = MemoryEntityRepository(Dataset, lock)
+        self.models = MemoryEntityRepository(Model, lock)
+        self.model_versions = MemoryEntityRepository(ModelVersion, lock)
+        self.metrics = MemoryMetricRepository(lock)
+        self.lineage = MemoryLineageRepository(lock)
+        self.audit = MemoryAuditRepository(lock)
+        self.blobs = MemoryBlobRepository(lock)
+        self._capabilities = Capabilities(
+            name="memory",
+            pushdown_operators=frozenset(),
+            native_order_fields=frozenset({"id", "created_at", "updated_at", "name"}),
+            transactions=True,
+            conditional_writes=True,
+            max_item_bytes=limits.MAX_PARAMS_BYTES * 4,
+            max_batch_size=limits.MAX_METRIC_BATCH,
+            persistent=False,
+            multi_process=False,
+        )
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryBackend:
+        parts = urlsplit(url)
+        if parts.scheme != "memory":
+            raise InvalidInputError(f"not a memory URL: {url!r}", url)
+        name = (parts.netloc + parts.path).strip("/")
+        if not name:
+            return cls()
+        with _NAMED_LOCK:
+            if name not in _NAMED_STORES:
+                _NAMED_STORES[name] = cls(name)
+            return _NAMED_STORES[name]
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def url(self) -> str:
+        return f"memory://{self._name}"

@@ -43,7 +43,11 @@ def status() -> list[EmulatorState]:
     """Return the state of every running server, sorted by store name."""
     states = []
     for name in sorted(LAUNCHERS):
-        state = get_emulator(name).status()
+        try:
+            emulator = get_emulator(name)
+        except ImportError:
+            continue
+        state = emulator.status()
         if state is not None:
             states.append(state)
     return states
