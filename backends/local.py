@@ -1,0 +1,674 @@
+"""The embedded default backend: one SQLite file used as a document store.
+
+Entities are JSON documents in one table per kind, next to the few columns
+that queries need (namespace, the unique key, indexed fields, timestamps).
+Metric points are rows keyed by (run, metric, seq) with an index in history
+order; a separate table holds the latest point per metric so that lookup costs
+the same for ten points or a million. Everything goes through the standard
+library's sqlite3, with WAL journaling so several processes can write at once.
+
+URL: `local:///absolute/path/store.db`, or `local://relative/path.db`
+relative to the working directory; `~` is expanded.
+
+Floats: SQLite cannot store NaN (it becomes NULL) and a REAL column turns -0.0
+into 0, so values that are non-finite or negative zero are kept as their IEEE
+754 bits in a separate column and restored exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sqlite3
+import struct
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from mltrail import limits
+from mltrail.backend import (
+    INDEXED_FIELDS, AuditRepository, Backend, BlobRepository, Capabilities,
+    EntityRepository, LineageRepository, MetricRepository, ScanRequest,
+)
+from mltrail.clock import from_micros, isoformat, to_micros
+from mltrail.domain import (
+    AuditEvent, Dataset, Entity, Experiment, LineageEdge, LineageNode, MetricPoint,
+    Model, ModelVersion, Run,
+)
+from mltrail.errors import (
+    AlreadyExistsError, BackendUnavailableError, ConflictError, InvalidInputError,
+    MltrailError, NotFoundError,
+)
+from mltrail.query.ast import Compare, In, conjuncts
+
+logger = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_SECONDS = 60.0
+SCAN_CHUNK = 1_000
+NATIVE_ORDER_FIELDS = frozenset({"id", "created_at", "updated_at"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS metric_points (
+    run_id TEXT NOT NULL, key TEXT NOT NULL, seq TEXT NOT NULL,
+    step INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL, bits TEXT, extra TEXT,
+    PRIMARY KEY (run_id, key, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metric_points_order
+    ON metric_points (run_id, key, step, ts, seq);
+CREATE TABLE IF NOT EXISTS metric_latest (
+    run_id TEXT NOT NULL, key TEXT NOT NULL, seq TEXT NOT NULL,
+    step INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL, bits TEXT, extra TEXT,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lineage_nodes (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, label TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lineage_edges (
+    key TEXT PRIMARY KEY, source TEXT NOT NULL, target TEXT NOT NULL,
+    type TEXT NOT NULL, upstream TEXT NOT NULL, downstream TEXT NOT NULL,
+    created_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lineage_edges_upstream ON lineage_edges (upstream);
+CREATE INDEX IF NOT EXISTS lineage_edges_downstream ON lineage_edges (downstream);
+CREATE TABLE IF NOT EXISTS audit_events (
+    seq INTEGER PRIMARY KEY, entity_id TEXT NOT NULL, doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_events_entity ON audit_events (entity_id, seq);
+CREATE TABLE IF NOT EXISTS blobs (
+    namespace TEXT NOT NULL, key TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+"""
+
+_ENTITY_TYPES: dict[str, type[Entity]] = {
+    "experiments": Experiment,
+    "runs": Run,
+    "datasets": Dataset,
+    "models": Model,
+    "model_versions": ModelVersion,
+}
+
+
+def _entity_schema(table: str, kind: str) -> str:
+    indexed = INDEXED_FIELDS[kind]
+    columns = "".join(f", f_{name} TEXT" for name in indexed)
+    indexes = "".join(
+        f"CREATE INDEX IF NOT EXISTS {table}_{name} ON {table} (f_{name}, id);\n"
+        for name in indexed
+    )
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, revision INTEGER "
+        f"NOT NULL, uniq TEXT UNIQUE, created_at TEXT NOT NULL, updated_at TEXT NOT "
+        f"NULL{columns}, doc TEXT NOT NULL) WITHOUT ROWID;\n"
+        f"CREATE INDEX IF NOT EXISTS {table}_created ON {table} (created_at, id);\n"
+        f"CREATE INDEX IF NOT EXISTS {table}_updated ON {table} (updated_at, id);\n"
+        + indexes
+    )
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _float_columns(value: float) -> tuple[float | None, str | None]:
+    if math.isfinite(value) and not (value == 0.0 and math.copysign(1.0, value) < 0):
+        return value, None
+    return None, struct.pack(">d", value).hex()
+
+
+def _float_value(value: float | None, bits: str | None) -> float:
+    if bits is not None:
+        return struct.unpack(">d", bytes.fromhex(bits))[0]
+    return float(value)
+
+
+class _Database:
+    """Per-thread connections to one SQLite file, with translated errors."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS,
+                                       isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            except sqlite3.Error as error:
+                raise BackendUnavailableError(
+                    f"cannot open the local store {str(self.path)!r}: {error}",
+                    str(self.path)) from error
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """Run a block in one IMMEDIATE transaction, retrying when the file is busy."""
+        conn = self.connection()
+        for attempt in range(20):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) and "busy" not in str(error):
+                    raise _translate(error, self.path) from error
+                logger.debug("local store busy, retrying (attempt %d)", attempt + 1)
+                time.sleep(0.05 * (attempt + 1))
+        else:
+            raise BackendUnavailableError(
+                f"the local store {str(self.path)!r} stayed locked; another process "
+                "holds a long write transaction", str(self.path))
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            conn.execute("ROLLBACK")
+            raise _translate(error, self.path) from error
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        try:
+            return self.connection().execute(sql, params).fetchall()
+        except sqlite3.Error as error:
+            raise _translate(error, self.path) from error
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    continue
+            self._connections.clear()
+        self._local = threading.local()
+
+
+def _translate(error: sqlite3.Error, path: Path) -> MltrailError:
+    if isinstance(error, sqlite3.IntegrityError):
+        return AlreadyExistsError(str(error), None)
+    return BackendUnavailableError(f"local store {str(path)!r} failed: {error}",
+                                   str(path))
+
+
+class LocalEntityRepository(EntityRepository):
+    def __init__(self, db: _Database, table: str, entity_type: type[Entity]) -> None:
+        self.db = db
+        self.table = table
+        self.entity_type = entity_type
+        self.indexed = INDEXED_FIELDS[entity_type.kind]
+
+    def _unique_text(self, record: dict[str, Any]) -> str | None:
+        if not self.unique_key:
+            return None
+        return json.dumps([record[name] for name in self.unique_key], ensure_ascii=False)
+
+    def _row(self, entity: Entity) -> tuple[dict[str, Any], list[Any]]:
+        record = entity.to_record()
+        values = [record["id"], record["revision"], self._unique_text(record),
+                  record["created_at"], record["updated_at"]]
+        values += [_text(record.get(name)) for name in self.indexed]
+        values.append(_dumps(record))
+        return record, values
+
+    def insert(self, entity: Entity) -> None:
+        record, values = self._row(entity)
+        columns = ["id", "revision", "uniq", "created_at", "updated_at",
+                   *(f"f_{n}" for n in self.indexed), "doc"]
+        sql = (f"INSERT INTO {self.table} ({', '.join(columns)}) VALUES "
+               f"({', '.join('?' * len(columns))})")
+        try:
+            with self.db.write() as conn:
+                conn.execute(sql, values)
+        except sqlite3.IntegrityError as error:
+            if self.db.query(f"SELECT 1 FROM {self.table} WHERE id = ?", [entity.id]):
+                raise AlreadyExistsError(f"{self.kind} {entity.id!r} already exists",
+                                         entity.id) from error
+            unique = tuple(record[name] for name in self.unique_key)
+            raise AlreadyExistsError(
+                f"{self.kind} with {dict(zip(self.unique_key, unique))} already exists",
+                unique) from error
+
+    def get(self, entity_id: str) -> Entity:
+        rows = self.db.query(f"SELECT doc FROM {self.table} WHERE id = ?", [entity_id])
+        if not rows:
+            raise NotFoundError(f"{self.kind} {entity_id!r} not found", entity_id)
+        return self.entity_type.from_record(json.loads(rows[0][0]))
+
+    def get_many(self, entity_ids: Sequence[str]) -> dict[str, Entity]:
+        found: dict[str, Entity] = {}
+        ids = list(dict.fromkeys(entity_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = self.db.query(
+                f"SELECT doc FROM {self.table} WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk)
+            for (doc,) in rows:
+                entity = self.entity_type.from_record(json.loads(doc))
+                found[entity.id] = entity
+        return found
+
+    def find_unique(self, key: tuple) -> Entity | None:
+        text = json.dumps(list(key), ensure_ascii=False)
+        rows = self.db.query(f"SELECT doc FROM {self.table} WHERE uniq = ?", [text])
+        return self.entity_type.from_record(json.loads(rows[0][0])) if rows else None
+
+    def update(self, entity: Entity) -> None:
+        record, values = self._row(entity)
+        assignments = ", ".join(
+            ["revision = ?", "updated_at = ?", *(f"f_{n} = ?" for n in self.indexed),
+             "doc = ?"])
+        params = [record["revision"], record["updated_at"],
+                  *values[5:5 + len(self.indexed)], values[-1], entity.id,
+                  entity.revision - 1, values[2]]
+        with self.db.write() as conn:
+            cursor = conn.execute(
+                f"UPDATE {self.table} SET {assignments} WHERE id = ? AND revision = ? "
+                "AND uniq IS ?", params)
+            if cursor.rowcount == 1:
+                return
+            row = conn.execute(f"SELECT revision, uniq FROM {self.table} WHERE id = ?",
+                               [entity.id]).fetchone()
+        if row is None:
+            raise NotFoundError(f"{self.kind} {entity.id!r} not found", entity.id)
+        if row[1] != values[2]:
+            raise InvalidInputError(
+                f"{self.kind} {entity.id!r}: unique fields {self.unique_key} cannot change",
+                entity.id)
+        raise ConflictError(
+            f"{self.kind} {entity.id!r} was changed concurrently (stored revision "
+            f"{row[0]}, expected {entity.revision - 1})", entity.id)
+
+    def delete(self, entity_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(f"DELETE FROM {self.table} WHERE id = ?", [entity_id])
+
+    def scan(self, request: ScanRequest) -> Iterator[Entity]:
+        where, params = self._pushdown(request)
+        order = [(k.field[0], k.descending) for k in request.order]
+        if not order:
+            order = [("id", False)]
+        after = request.after
+        while True:
+            clauses = list(where)
+            values = list(params)
+            if after is not None:
+                clause, extra = _keyset(order, after)
+                clauses.append(clause)
+                values += extra
+            sql = f"SELECT doc FROM {self.table}"
+            if clauses:
+                sql += " WHERE " + " AND ".join(clauses)
+            sql += " ORDER BY " + ", ".join(
+                f"{_column(f)} {'DESC' if d else 'ASC'}" for f, d in order)
+            if order[-1][0] != "id":
+                sql += ", id ASC"
+            sql += f" LIMIT {SCAN_CHUNK}"
+            rows = self.db.query(sql, values)
+            for (doc,) in rows:
+                yield self.entity_type.from_record(json.loads(doc))
+            if len(rows) < SCAN_CHUNK:
+                return
+            last = json.loads(rows[-1][0])
+            after = (*(_order_value(last, f) for f, _ in order), last["id"])
+
+    def _pushdown(self, request: ScanRequest) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if request.namespace is not None and "namespace" in self.indexed:
+            clauses.append("f_namespace = ?")
+            params.append(request.namespace)
+        for part in conjuncts(request.filter):
+            if len(getattr(part, "field", ())) != 1 or part.field[0] not in self.indexed:
+                continue
+            column = f"f_{part.field[0]}"
+            if isinstance(part, Compare) and part.op == "=" and isinstance(part.value, str):
+                clauses.append(f"{column} = ?")
+                params.append(part.value)
+            elif isinstance(part, In) and not part.negated and \
+                    all(isinstance(v, str) for v in part.values):
+                clauses.append(f"{column} IN ({','.join('?' * len(part.values))})")
+                params.extend(part.values)
+        return clauses, params
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _column(field: str) -> str:
+    if field not in NATIVE_ORDER_FIELDS:
+        raise InvalidInputError(f"the local backend cannot order by {field!r}", field)
+    return field
+
+
+def _order_value(record: dict[str, Any], field: str) -> Any:
+    return record[field]
+
+
+def _keyset(order: list[tuple[str, bool]], after: tuple) -> tuple[str, list[Any]]:
+    """Build `(f1, f2, ..., id) > after` for mixed directions; id is always ascending."""
+    *values, last_id = after
+    bounds = [isoformat(v) if isinstance(v, datetime) else v for v in values]
+    keys = list(order)
+    if keys[-1][0] != "id":
+        keys.append(("id", False))
+        bounds.append(last_id)
+    alternatives = []
+    params: list[Any] = []
+    for index, (field, descending) in enumerate(keys):
+        clause = [f"{_column(f)} = ?" for f, _ in keys[:index]]
+        params += bounds[:index]
+        clause.append(f"{_column(field)} {'<' if descending else '>'} ?")
+        params.append(bounds[index])
+        alternatives.append("(" + " AND ".join(clause) + ")")
+    return "(" + " OR ".join(alternatives) + ")", params
+
+
+class LocalMetricRepository(MetricRepository):
+    def __init__(self, db: _Database) -> None:
+        self.db = db
+
+    def append(self, run_id: str, points: Sequence[MetricPoint]) -> None:
+        rows = []
+        best: dict[str, tuple] = {}
+        for point in points:
+            value, bits = _float_columns(point.value)
+            extra = point.extras()
+            row = (run_id, point.key, point.seq, point.step, to_micros(point.timestamp),
+                   value, bits, None if extra is None else _dumps(extra))
+            rows.append(row)
+            order = (row[3], row[4], row[2])
+            current = best.get(point.key)
+            if current is None or order > (current[3], current[4], current[2]):
+                best[point.key] = row
+        with self.db.write() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO metric_points (run_id, key, seq, step, ts, value, "
+                "bits, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO metric_latest (run_id, key, seq, step, ts, value, bits, extra) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, key) DO UPDATE SET "
+                "seq = excluded.seq, step = excluded.step, ts = excluded.ts, "
+                "value = excluded.value, bits = excluded.bits, extra = excluded.extra "
+                "WHERE (excluded.step, excluded.ts, excluded.seq) >= "
+                "(metric_latest.step, metric_latest.ts, metric_latest.seq)",
+                list(best.values()))
+
+    def history(self, run_id, key, *, min_step=None, max_step=None, start=None,
+                end=None) -> Iterator[MetricPoint]:
+        clauses = ["run_id = ?", "key = ?"]
+        params: list[Any] = [run_id, key]
+        for column, op, bound in (("step", ">=", min_step), ("step", "<=", max_step),
+                                  ("ts", ">=", start), ("ts", "<=", end)):
+            if bound is not None:
+                clauses.append(f"{column} {op} ?")
+                params.append(to_micros(bound) if column == "ts" else bound)
+        base = " AND ".join(clauses)
+        cursor: tuple | None = None
+        while True:
+            sql = (f"SELECT seq, step, ts, value, bits, extra FROM metric_points WHERE "
+                   f"{base}")
+            values = list(params)
+            if cursor is not None:
+                sql += " AND (step, ts, seq) > (?, ?, ?)"
+                values += list(cursor)
+            sql += " ORDER BY step, ts, seq LIMIT 5000"
+            rows = self.db.query(sql, values)
+            for row in rows:
+                yield _point(run_id, key, row)
+            if len(rows) < 5000:
+                return
+            cursor = (rows[-1][1], rows[-1][2], rows[-1][0])
+
+    def latest(self, run_ids, keys=None) -> dict[str, dict[str, MetricPoint]]:
+        result: dict[str, dict[str, MetricPoint]] = {}
+        ids = list(dict.fromkeys(run_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            sql = ("SELECT run_id, key, seq, step, ts, value, bits, extra FROM "
+                   f"metric_latest WHERE run_id IN ({','.join('?' * len(chunk))})")
+            params = list(chunk)
+            if keys is not None:
+                sql += f" AND key IN ({','.join('?' * len(keys))})"
+                params += list(keys)
+            for row in self.db.query(sql, params):
+                result.setdefault(row[0], {})[row[1]] = _point(row[0], row[1], row[2:])
+        return result
+
+    def keys(self, run_id: str) -> list[str]:
+        rows = self.db.query("SELECT key FROM metric_latest WHERE run_id = ? ORDER BY key",
+                             [run_id])
+        return [row[0] for row in rows]
+
+    def delete_run(self, run_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM metric_points WHERE run_id = ?", [run_id])
+            conn.execute("DELETE FROM metric_latest WHERE run_id = ?", [run_id])
+
+    def runs_with_metrics(self) -> Iterator[str]:
+        rows = self.db.query("SELECT DISTINCT run_id FROM metric_latest ORDER BY run_id")
+        for (run_id,) in rows:
+            yield run_id
+
+
+def _point(run_id: str, key: str, row: Sequence[Any]) -> MetricPoint:
+    seq, step, ts, value, bits, extra = row
+    point = MetricPoint(run_id=run_id, key=key, value=_float_value(value, bits), step=step,
+                        timestamp=from_micros(ts), seq=seq)
+    return point.with_extras(json.loads(extra)) if extra else point
+
+
+class LocalLineageRepository(LineageRepository):
+    def __init__(self, db: _Database) -> None:
+        self.db = db
+
+    def put_node(self, node: LineageNode) -> None:
+        record = node.to_record()
+        with self.db.write() as conn:
+            row = conn.execute("SELECT kind FROM lineage_nodes WHERE id = ?",
+                               [node.id]).fetchone()
+            if row is None:
+                conn.execute("INSERT INTO lineage_nodes (id, kind, label) VALUES (?, ?, ?)",
+                             [record["id"], record["kind"], record["label"]])
+                return
+        if row[0] != record["kind"]:
+            raise AlreadyExistsError(
+                f"lineage node {node.id!r} exists as a {row[0]}, not a {record['kind']}",
+                node.id)
+
+    def get_node(self, node_id: str) -> LineageNode:
+        rows = self.db.query("SELECT id, kind, label FROM lineage_nodes WHERE id = ?",
+                             [node_id])
+        if not rows:
+            raise NotFoundError(f"lineage node {node_id!r} not found", node_id)
+        return LineageNode.from_record(dict(zip(("id", "kind", "label"), rows[0])))
+
+    def add_edge(self, edge: LineageEdge) -> None:
+        record = edge.to_record()
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO lineage_edges (key, source, target, type, upstream, "
+                "downstream, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [edge.key, record["source"], record["target"], record["type"],
+                 record["upstream"], record["downstream"], record["created_at"]])
+
+    def edges(self, node_id: str, direction: str) -> list[LineageEdge]:
+        column = "downstream" if direction == "upstream" else "upstream"
+        rows = self.db.query(
+            f"SELECT source, target, type, created_at FROM lineage_edges WHERE {column} = ? "
+            "ORDER BY source, type, target", [node_id])
+        return [_edge(row) for row in rows]
+
+    def scan_nodes(self) -> Iterator[LineageNode]:
+        for row in self.db.query("SELECT id, kind, label FROM lineage_nodes ORDER BY id"):
+            yield LineageNode.from_record(dict(zip(("id", "kind", "label"), row)))
+
+    def scan_edges(self) -> Iterator[LineageEdge]:
+        rows = self.db.query(
+            "SELECT source, target, type, created_at FROM lineage_edges ORDER BY key")
+        for row in rows:
+            yield _edge(row)
+
+    def delete_node(self, node_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM lineage_edges WHERE source = ? OR target = ?",
+                         [node_id, node_id])
+            conn.execute("DELETE FROM lineage_nodes WHERE id = ?", [node_id])
+
+
+def _edge(row: Sequence[Any]) -> LineageEdge:
+    return LineageEdge.from_record(dict(zip(("source", "target", "type", "created_at"), row)))
+
+
+class LocalAuditRepository(AuditRepository):
+    def __init__(self, db: _Database) -> None:
+        self.db = db
+
+    def append(self, event: AuditEvent) -> None:
+        try:
+            with self.db.write() as conn:
+                conn.execute("INSERT INTO audit_events (seq, entity_id, doc) VALUES (?, ?, ?)",
+                             [event.seq, event.entity_id, _dumps(event.to_record())])
+        except sqlite3.IntegrityError as error:
+            raise AlreadyExistsError(f"audit event seq {event.seq} is taken",
+                                     event.seq) from error
+
+    def last(self) -> AuditEvent | None:
+        rows = self.db.query("SELECT doc FROM audit_events ORDER BY seq DESC LIMIT 1")
+        return AuditEvent.from_record(json.loads(rows[0][0])) if rows else None
+
+    def scan(self, after_seq: int = 0) -> Iterator[AuditEvent]:
+        while True:
+            rows = self.db.query(
+                "SELECT seq, doc FROM audit_events WHERE seq > ? ORDER BY seq LIMIT 1000",
+                [after_seq])
+            for _, doc in rows:
+                yield AuditEvent.from_record(json.loads(doc))
+            if len(rows) < 1000:
+                return
+            after_seq = rows[-1][0]
+
+    def for_entity(self, entity_id: str) -> Iterator[AuditEvent]:
+        rows = self.db.query(
+            "SELECT doc FROM audit_events WHERE entity_id = ? ORDER BY seq", [entity_id])
+        for (doc,) in rows:
+            yield AuditEvent.from_record(json.loads(doc))
+
+
+class LocalBlobRepository(BlobRepository):
+    def __init__(self, db: _Database) -> None:
+        self.db = db
+
+    def put(self, namespace: str, key: str, record: dict[str, Any]) -> None:
+        with self.db.write() as conn:
+            conn.execute("INSERT OR REPLACE INTO blobs (namespace, key, doc) VALUES (?, ?, ?)",
+                         [namespace, key, _dumps(record)])
+
+    def get(self, namespace: str, key: str) -> dict[str, Any]:
+        rows = self.db.query("SELECT doc FROM blobs WHERE namespace = ? AND key = ?",
+                             [namespace, key])
+        if not rows:
+            raise NotFoundError(f"{namespace} record {key!r} not found", key)
+        return json.loads(rows[0][0])
+
+    def scan(self, namespace: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        rows = self.db.query("SELECT key, doc FROM blobs WHERE namespace = ? ORDER BY key",
+                             [namespace])
+        for key, doc in rows:
+            yield key, json.loads(doc)
+
+    def delete(self, namespace: str, key: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM blobs WHERE namespace = ? AND key = ?",
+                         [namespace, key])
+
+
+class LocalBackend(Backend):
+    """A SQLite file on local disk; see the module docstring."""
+
+    schemes = ("local",)
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.db = _Database(self.path)
+        self.experiments = LocalEntityRepository(self.db, "experiments", Experiment)
+        self.runs = LocalEntityRepository(self.db, "runs", Run)
+        self.datasets = LocalEntityRepository(self.db, "datasets", Dataset)
+        self.models = LocalEntityRepository(self.db, "models", Model)
+        self.model_versions = LocalEntityRepository(self.db, "model_versions", ModelVersion)
+        self.metrics = LocalMetricRepository(self.db)
+        self.lineage = LocalLineageRepository(self.db)
+        self.audit = LocalAuditRepository(self.db)
+        self.blobs = LocalBlobRepository(self.db)
+        self._initialized = False
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalBackend:
+        if not url.startswith("local://"):
+            raise InvalidInputError(f"not a local store URL: {url!r}; expected "
+                                    "local:///path/to/store.db", url)
+        path = url[len("local://"):].split("?", 1)[0]
+        if not path:
+            raise InvalidInputError(
+                f"local store URL {url!r} has no path; expected local:///path/to/store.db",
+                url)
+        return cls(path)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            name="local",
+            pushdown_operators=frozenset({"=", "in", "and"}),
+            native_order_fields=NATIVE_ORDER_FIELDS,
+            transactions=True,
+            conditional_writes=True,
+            max_item_bytes=1_000_000_000,
+            max_batch_size=limits.MAX_METRIC_BATCH,
+            persistent=True,
+            multi_process=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"local://{self.path}"
+
+    def initialize(self) -> None:
+        if self._initialized:
+            return
+        if self.path.is_dir():
+            raise InvalidInputError(f"local store path {str(self.path)!r} is a directory; "
+                                    "give a file name such as store.db", str(self.path))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BackendUnavailableError(
+                f"cannot create the folder for the local store {str(self.path)!r}: {error}",
+                str(self.path)) from error
+        script = _SCHEMA + "".join(_entity_schema(table, cls.kind)
+                                   for table, cls in _ENTITY_TYPES.items())
+        try:
+            self.db.connection().executescript(script)
+        except sqlite3.DatabaseError as error:
+            raise BackendUnavailableError(
+                f"{str(self.path)!r} is not a usable mltrail store: {error}",
+                str(self.path)) from error
+        self._initialized = True
+
+    def close(self) -> None:
+        self.db.close()
