@@ -630,6 +630,11 @@ class LocalBackend(Backend):
                 url)
         return cls(path)
 
+    @classmethod
+    def conformance_harness(cls, url: str) -> LocalConformanceHarness:
+        """Return the harness that runs the conformance suite against `url`."""
+        return LocalConformanceHarness(url)
+
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -672,3 +677,72 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         self.db.close()
+
+
+class LocalConformanceHarness:
+    """Conformance harness for `local://` stores: one new file per case.
+
+    Raw hooks open their own sqlite3 connection and read or write documents
+    without the repositories.
+    """
+
+    def __init__(self, url: str) -> None:
+        base = LocalBackend.from_url(url).path
+        self.folder = base.parent
+        self.stem = base.stem
+        self._count = 0
+
+    def create(self) -> LocalBackend:
+        self._count += 1
+        path = self.folder / f"{self.stem}-{os.getpid()}-{id(self):x}-{self._count}.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        backend = LocalBackend(path)
+        backend.initialize()
+        return backend
+
+    def destroy(self, backend: LocalBackend) -> None:
+        backend.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{backend.path}{suffix}").unlink(missing_ok=True)
+
+    def store_url(self, backend: LocalBackend) -> str:
+        return backend.url
+
+    def _table(self, kind: str) -> str:
+        return {cls.kind: table for table, cls in _ENTITY_TYPES.items()}[kind]
+
+    def raw_read(self, backend: LocalBackend, kind: str, key: Any) -> dict | None:
+        with sqlite3.connect(backend.path) as conn:
+            if kind == "audit":
+                row = conn.execute("SELECT doc FROM audit_events WHERE seq = ?",
+                                   [key]).fetchone()
+            else:
+                row = conn.execute(f"SELECT doc FROM {self._table(kind)} WHERE id = ?",
+                                   [key]).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def raw_write(self, backend: LocalBackend, kind: str, record: dict) -> None:
+        conn = sqlite3.connect(backend.path, isolation_level=None)
+        try:
+            if kind == "audit":
+                conn.execute("INSERT OR REPLACE INTO audit_events (seq, entity_id, doc) "
+                             "VALUES (?, ?, ?)",
+                             [record["seq"], record["entity_id"], _dumps(record)])
+                return
+            repository = backend.entity_repository(kind)
+            indexed = INDEXED_FIELDS[kind]
+            columns = ["id", "revision", "uniq", "created_at", "updated_at",
+                       *(f"f_{n}" for n in indexed), "doc"]
+            unique = None
+            if repository.unique_key:
+                unique = json.dumps([record[n] for n in repository.unique_key],
+                                    ensure_ascii=False)
+            values = [record["id"], record["revision"], unique, record["created_at"],
+                      record["updated_at"], *(_text(record.get(n)) for n in indexed),
+                      _dumps(record)]
+            conn.execute(
+                f"INSERT OR REPLACE INTO {self._table(kind)} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})", values)
+        finally:
+            conn.close()

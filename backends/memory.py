@@ -369,6 +369,11 @@ class MemoryBackend(Backend):
                 _NAMED_STORES[name] = cls(name)
             return _NAMED_STORES[name]
 
+    @classmethod
+    def conformance_harness(cls, url: str) -> MemoryConformanceHarness:
+        """Return the harness that runs the conformance suite against `url`."""
+        return MemoryConformanceHarness(url)
+
     @property
     def capabilities(self) -> Capabilities:
         return self._capabilities
@@ -376,3 +381,44 @@ class MemoryBackend(Backend):
     @property
     def url(self) -> str:
         return f"memory://{self._name}"
+
+
+class MemoryConformanceHarness:
+    """Conformance harness for `memory://` stores (see mltrail.conformance.harness)."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._count = 0
+
+    def create(self) -> MemoryBackend:
+        self._count += 1
+        return MemoryBackend(f"conformance-{id(self):x}-{self._count}")
+
+    def destroy(self, backend: MemoryBackend) -> None:
+        backend.close()
+
+    def store_url(self, backend: MemoryBackend) -> str:
+        return backend.url
+
+    def raw_read(self, backend: MemoryBackend, kind: str, key: Any) -> dict | None:
+        if kind == "audit":
+            events = backend.audit._events
+            return copy.deepcopy(events[key - 1]) if 0 < key <= len(events) else None
+        record = backend.entity_repository(kind)._records.get(key)
+        return copy.deepcopy(record)
+
+    def raw_write(self, backend: MemoryBackend, kind: str, record: dict) -> None:
+        if kind == "audit":
+            events = backend.audit._events
+            index = record["seq"] - 1
+            if index < len(events):
+                events[index] = copy.deepcopy(record)
+            else:
+                events.append(copy.deepcopy(record))
+            return
+        repository = backend.entity_repository(kind)
+        with repository._lock:
+            repository._records[record["id"]] = copy.deepcopy(record)
+            unique = repository._unique_value(record)
+            if unique is not None:
+                repository._unique[unique] = record["id"]

@@ -40,8 +40,8 @@ MAIN_CLASS = "org.apache.cassandra.service.CassandraDaemon"
 RESOURCES = Path(__file__).parent / "resources" / "cassandra"
 
 PREFERRED_JAVA = Path("/usr/lib/jvm/java-17-openjdk-amd64/bin/java")
-# Cassandra 5.0 supports Java 11 and 17. Java 24 removed the security manager that
-# Cassandra installs at start-up, so no later runtime can run it.
+# Cassandra 5.0 ships JVM options for Java 11 and 17 only. It installs a security
+# manager at start-up, which Java 24 and later no longer allow.
 # NOTE: Java 18 to 23 are accepted but were never tried with this launcher.
 MIN_JAVA_VERSION = 17
 MAX_JAVA_VERSION = 23
@@ -51,7 +51,8 @@ MAX_JAVA_VERSION = 23
 JARS_COMPLETE_MARKER = "jars.complete"
 MAVEN_TIMEOUT_SECONDS = 900.0
 
-# The module access flags of conf/jvm17-server.options in Cassandra 5.0. Without one
+# The --add-exports and --add-opens flags of conf/jvm17-server.options in the Apache
+# Cassandra repository (the union of two recent versions of that file). Without one
 # of them some start-up step fails with InaccessibleObjectException.
 JVM_MODULE_OPTIONS = [
     "--add-exports=java.base/jdk.internal.misc=ALL-UNNAMED",
@@ -82,11 +83,11 @@ JVM_MODULE_OPTIONS = [
 
 
 class CassandraEmulator(Emulator):
-    """A single-node Cassandra server on 127.0.0.1 with a fresh data folder per start."""
+    """A single-node Cassandra server on loopback with a fresh data folder per start."""
 
     name = "cassandra"
-    # A start with cached jars took 10 to 15 s on a 2-core machine that was also
-    # compiling Go code. The margin covers a slower or busier CI machine.
+    # With cached jars, `up` took 6 to 15 s on a 2-core, 24 GiB machine that was also
+    # running other test servers and builds. The margin covers a slower CI machine.
     start_timeout = 180.0
     version = CASSANDRA_VERSION
 
@@ -116,7 +117,7 @@ class CassandraEmulator(Emulator):
         return f"cassandra://{LOOPBACK}:{port}/{KEYSPACE}?replication_factor=1"
 
     def wait_ready(self, port: int, process: subprocess.Popen, deadline: float) -> None:
-        """Block until a CQL query on `port` returns a row, not only until TCP connects."""
+        """Block until a CQL query on `port` succeeds; a TCP connect is not enough."""
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -130,11 +131,12 @@ class CassandraEmulator(Emulator):
                 last_error = error
                 time.sleep(0.5)
                 continue
-            logger.info("cassandra %s responds to CQL queries on port %d", release, port)
+            logger.info("cassandra %s responds to CQL on port %d", release, port)
             return
         raise EmulatorError(
-            f"cassandra server did not respond to a CQL query on port {port} within "
-            f"{self.start_timeout:.0f} s (last error: {last_error}); see {self.log_path}"
+            f"cassandra server did not respond to a CQL query on port {port} "
+            f"within {self.start_timeout:.0f} s (last error: {last_error}); "
+            f"see {self.log_path}"
         )
 
     def cleanup(self, data_dir: Path) -> None:
@@ -224,10 +226,14 @@ def find_java() -> tuple[Path, int]:
 
 
 def java_major_version(java: Path) -> int:
-    """Return the major version that `java -version` reports, or 0 if it reports none."""
+    """Return the major version printed by `java -version`, or 0 if none is printed."""
     try:
         result = subprocess.run(
-            [str(java), "-version"], capture_output=True, text=True, timeout=30
+            [str(java), "-version"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired):
         return 0
@@ -242,7 +248,7 @@ def java_major_version(java: Path) -> int:
 
 
 def resolve_jars(version: str) -> Path:
-    """Return the folder of the runtime jars of `version`, resolving them with Maven once.
+    """Return the folder of the runtime jars of `version`, resolved with Maven once.
 
     A file lock keeps concurrent callers from resolving at the same time, and the jars
     are resolved into a temporary folder that is renamed into place only when
@@ -276,7 +282,7 @@ def resolve_jars(version: str) -> Path:
 
 
 def run_maven(version: str, staging: Path) -> None:
-    """Copy the runtime jars of cassandra-all `version` into `staging`/lib with Maven."""
+    """Copy the runtime jars of cassandra-all `version` into `staging`/lib."""
     mvn = shutil.which("mvn")
     if mvn is None:
         raise EmulatorError(
@@ -299,12 +305,19 @@ def run_maven(version: str, staging: Path) -> None:
         "-DincludeScope=runtime",
         f"-DoutputDirectory={staging / 'lib'}",
     ]
-    logger.info("resolving the jars of Cassandra %s with Maven into %s", version,
-                staging.parent / version)
+    logger.info(
+        "resolving the jars of Cassandra %s with Maven into %s",
+        version,
+        staging.parent / version,
+    )
     started = time.monotonic()
     try:
         result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=MAVEN_TIMEOUT_SECONDS
+            argv,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=MAVEN_TIMEOUT_SECONDS,
         )
     except subprocess.TimeoutExpired:
         raise EmulatorError(
@@ -327,12 +340,15 @@ def run_maven(version: str, staging: Path) -> None:
             f"mvn finished but {server_jar.name} is missing from its output; check "
             f"the dependency in {RESOURCES / 'pom.xml'}"
         )
-    logger.info("resolved the jars of Cassandra %s in %.1f s", version,
-                time.monotonic() - started)
+    logger.info(
+        "resolved the jars of Cassandra %s in %.1f s",
+        version,
+        time.monotonic() - started,
+    )
 
 
 def maven_error(output: str) -> str:
-    """Return the first block of [ERROR] lines of Maven's output, without its help text."""
+    """Return the first block of [ERROR] lines in Maven's output, without help text."""
     # Debian's Maven 3.8 writes color reset codes even with -Dstyle.color=never.
     lines = re.sub(r"\x1b\[[0-9;]*m", "", output).splitlines()
     block: list[str] = []
@@ -340,7 +356,7 @@ def maven_error(output: str) -> str:
         if not line.startswith("[ERROR]"):
             continue
         # A bare [ERROR] line separates the failure from Maven's generic advice.
-        if not line[len("[ERROR]"):].strip():
+        if not line[len("[ERROR]") :].strip():
             if block:
                 break
             continue
@@ -360,7 +376,7 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def reset_directory(path: Path) -> None:
-    """Empty `path`, so a server killed without `stop` leaves nothing to the next one."""
+    """Empty `path`, so a server killed without `stop` leaves nothing behind."""
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
 
@@ -431,7 +447,8 @@ def query_release_version(port: int, timeout: float = 5.0) -> str:
         query = "SELECT release_version FROM system.local WHERE key = 'local'"
         encoded = query.encode()
         request = (
-            struct.pack(">i", len(encoded)) + encoded
+            struct.pack(">i", len(encoded))
+            + encoded
             + struct.pack(">HB", CONSISTENCY_ONE, 0)
         )
         opcode, body = _cql_request(sock, OPCODE_QUERY, request)
@@ -441,9 +458,10 @@ def query_release_version(port: int, timeout: float = 5.0) -> str:
 
 
 def _cql_request(sock: socket.socket, opcode: int, body: bytes) -> tuple[int, bytes]:
-    sock.sendall(CQL_FRAME_HEADER.pack(CQL_VERSION_REQUEST, 0, 0, opcode, len(body)) + body)
-    header = _receive_exactly(sock, CQL_FRAME_HEADER.size)
-    _, _, _, response_opcode, length = CQL_FRAME_HEADER.unpack(header)
+    request_header = CQL_FRAME_HEADER.pack(CQL_VERSION_REQUEST, 0, 0, opcode, len(body))
+    sock.sendall(request_header + body)
+    response_header = _receive_exactly(sock, CQL_FRAME_HEADER.size)
+    _, _, _, response_opcode, length = CQL_FRAME_HEADER.unpack(response_header)
     response = _receive_exactly(sock, length)
     if response_opcode == OPCODE_ERROR:
         code = struct.unpack_from(">i", response)[0]
@@ -474,7 +492,7 @@ def _cql_string_map(values: dict[str, str]) -> bytes:
 def _read_cql_string(buffer: bytes, offset: int) -> tuple[str, int]:
     (length,) = struct.unpack_from(">H", buffer, offset)
     start = offset + 2
-    return buffer[start:start + length].decode(errors="replace"), start + length
+    return buffer[start : start + length].decode(errors="replace"), start + length
 
 
 def _single_text_value(body: bytes) -> str:
@@ -501,4 +519,4 @@ def _single_text_value(body: bytes) -> str:
         raise CqlError("system.local returned no row")
     (value_length,) = struct.unpack_from(">i", body, offset + 4)
     start = offset + 8
-    return body[start:start + value_length].decode(errors="replace")
+    return body[start : start + value_length].decode(errors="replace")
