@@ -23,8 +23,8 @@ import (
 	"github.com/FerretDB/FerretDB/ferretdb"
 )
 
-// loopbackHost is the only host the server may listen on: it is a test server with
-// no authentication, so it must never be reachable from another machine.
+// loopbackHost is the only host the server may listen on, because a test server without
+// authentication must never be reachable from another machine.
 const loopbackHost = "127.0.0.1"
 
 func main() {
@@ -67,7 +67,7 @@ func main() {
 		os.Exit(1)
 	}
 
-	// The launcher stops the server with SIGTERM; cancelling the context lets FerretDB
+	// The launcher stops the server with SIGTERM. Cancelling the context lets FerretDB
 	// close its connections and the SQLite databases before the process exits.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
