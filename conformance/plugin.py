@@ -5,9 +5,9 @@ It stays inert until a conformance case runs. It provides:
 - the fixtures `mltrail_harness` (from `--mltrail-url` or $MLTRAIL_CONFORMANCE_URL;
   override it to supply your own harness), `backend` (a fresh store per case)
   and `store` (a `mltrail.Store` over it);
-- the markers `mltrail_area(name)` and `mltrail_requires(capability, ...)`:
-  a case whose capability the backend does not declare is skipped with the
-  capability named;
+- the marker `mltrail_requires(capability, ...)`: a case whose capability the
+  backend does not declare is skipped with the capability named; each case's
+  area is the `area` attribute of the case class that defines it;
 - a summary grouped by area at the end of the run, and `--mltrail-json PATH`
   for a JSON report naming the suite version.
 """
@@ -46,7 +46,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "mltrail_area(name): conformance area of a case")
     config.addinivalue_line(
         "markers",
         "mltrail_requires(*capabilities): capabilities a conformance case needs; "
@@ -169,6 +168,11 @@ class _Report:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    marker = item.get_closest_marker("mltrail_area")
-    if marker is not None:
-        item.user_properties.append(("mltrail_area", marker.args[0]))
+    cls = getattr(item, "cls", None)
+    if cls is None or not any(hasattr(k, "area") for k in cls.__mro__):
+        return
+    from mltrail.conformance.suite import area_of
+
+    area = area_of(cls, getattr(item, "originalname", item.name))
+    if area is not None:
+        item.user_properties.append(("mltrail_area", area))

@@ -161,7 +161,7 @@ class Store:
     ) -> Experiment:
         """Create an experiment; its name must be unique in the namespace."""
         experiment = Experiment(id=id or new_id(), name=name, namespace=namespace,
-                                description=description, tags=dict(tags or {}))
+                                description=description, tags=_as_dict(tags, "tags"))
         return self._insert(self.backend.experiments, experiment)
 
     def get_or_create_experiment(self, name: str, *,
@@ -266,10 +266,10 @@ class Store:
         now = utcnow()
         run = Run(
             id=run_id, experiment_id=experiment.id, namespace=experiment.namespace,
-            name=name or f"run-{run_id[-8:].lower()}", params=dict(params or {}),
-            tags=dict(tags or {}), parent_run_id=parent_run_id, trainer=trainer,
-            resources=dict(resources or {}), environment=dict(environment or {}),
-            seeds=dict(seeds or {}), code_version=dict(code_version or {}),
+            name=name or f"run-{run_id[-8:].lower()}", params=_as_dict(params, "params"),
+            tags=_as_dict(tags, "tags"), parent_run_id=parent_run_id, trainer=trainer,
+            resources=_as_dict(resources, "resources"), environment=_as_dict(environment, "environment"),
+            seeds=_as_dict(seeds, "seeds"), code_version=_as_dict(code_version, "code_version"),
             dataset_ids=list(dict.fromkeys(dataset_ids)), status=status,
             start_time=now if status != RunStatus.PENDING else None,
             end_time=now if status.terminal else None, created_at=now,
@@ -537,8 +537,8 @@ class Store:
             version=str(version), namespace=namespace, source_uri=source_uri,
             content_hash=content_hash,
             ingested_at=to_utc(ingested_at) if ingested_at is not None else utcnow(),
-            schema=dict(schema or {}), provenance=dict(provenance or {}),
-            description=description, tags=dict(tags or {}),
+            schema=_as_dict(schema, "schema"), provenance=_as_dict(provenance, "provenance"),
+            description=description, tags=_as_dict(tags, "tags"),
         )
         if existing is not None:
             if not _same_dataset(existing, dataset):
@@ -600,7 +600,7 @@ class Store:
                      description: str | None = None,
                      tags: Mapping[str, str] | None = None, id: str | None = None) -> Model:
         model = Model(id=id or new_id(), name=name, namespace=namespace,
-                      description=description, tags=dict(tags or {}))
+                      description=description, tags=_as_dict(tags, "tags"))
         return self._insert(self.backend.models, model)
 
     def get_or_create_model(self, name: str, *,
@@ -669,7 +669,7 @@ class Store:
             id=version_id, model_id=target.id, version=number, run_id=run_id,
             git_commit=git_commit, script_hash=script_hash, script_uri=script_uri,
             reproducibility_hash=reproducibility_hash, artifact_uri=artifact_uri,
-            description=description, tags=dict(tags or {}),
+            description=description, tags=_as_dict(tags, "tags"),
         ))
         self.backend.lineage.put_node(LineageNode(
             id=version.id, kind=NodeKind.MODEL_VERSION,
@@ -1093,6 +1093,15 @@ def merge_params(run_id: str, current: dict[str, Any],
         changed = True
     Run(experiment_id="x", name="x", params=merged)  # validates the merged size
     return merged, changed
+
+
+def _as_dict(value: Any, what: str) -> dict[str, Any]:
+    """Copy an optional mapping argument, rejecting anything that is not a mapping."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"{what} must be a dict, got {value!r}", value)
+    return dict(value)
 
 
 def _check_param_count(params: Mapping[str, Any]) -> None:

@@ -1,0 +1,1 @@
+"""Conformance cases, grouped by area; combined in mltrail.conformance.suite."""
