@@ -158,10 +158,16 @@ class Store:
         description: str | None = None,
         tags: Mapping[str, str] | None = None,
         id: str | None = None,
+        created_at: datetime | str | None = None,
     ) -> Experiment:
-        """Create an experiment; its name must be unique in the namespace."""
+        """Create an experiment; its name must be unique in the namespace.
+
+        `created_at` keeps the creation time of imported history; it defaults
+        to now.
+        """
         experiment = Experiment(id=id or new_id(), name=name, namespace=namespace,
-                                description=description, tags=_as_dict(tags, "tags"))
+                                description=description, tags=_as_dict(tags, "tags"),
+                                created_at=_time_or_now(created_at, "created_at"))
         return self._insert(self.backend.experiments, experiment)
 
     def get_or_create_experiment(self, name: str, *,
@@ -245,10 +251,16 @@ class Store:
         dataset_ids: Sequence[str] = (),
         status: RunStatus | str = RunStatus.PENDING,
         id: str | None = None,
+        created_at: datetime | str | None = None,
+        start_time: datetime | str | None = None,
+        end_time: datetime | str | None = None,
     ) -> Run:
         """Create a run in an experiment and record its lineage.
 
         The parent run and the datasets must exist; the parent is fixed for good.
+        A run may be created in any status. `created_at`, `start_time` and
+        `end_time` keep the times of imported history; by default they follow
+        `status` (start and end are now when the status implies them).
         """
         experiment = self.backend.experiments.get(check_id(experiment_id, "experiment id"))
         run_id = id or new_id()
@@ -262,8 +274,8 @@ class Store:
                 )
         for dataset_id in dataset_ids:
             self.backend.datasets.get(check_id(dataset_id, "dataset id"))
-        status = RunStatus(status)
-        now = utcnow()
+        status = _status_of(status)
+        now = _time_or_now(created_at, "created_at")
         run = Run(
             id=run_id, experiment_id=experiment.id, namespace=experiment.namespace,
             name=name or f"run-{run_id[-8:].lower()}", params=_as_dict(params, "params"),
@@ -271,8 +283,10 @@ class Store:
             resources=_as_dict(resources, "resources"), environment=_as_dict(environment, "environment"),
             seeds=_as_dict(seeds, "seeds"), code_version=_as_dict(code_version, "code_version"),
             dataset_ids=list(dict.fromkeys(dataset_ids)), status=status,
-            start_time=now if status != RunStatus.PENDING else None,
-            end_time=now if status.terminal else None, created_at=now,
+            start_time=_optional_time(start_time, "start_time")
+            or (now if status != RunStatus.PENDING else None),
+            end_time=_optional_time(end_time, "end_time") or (now if status.terminal else None),
+            created_at=now,
         )
         _check_param_count(run.params)
         run = self._insert(self.backend.runs, run)
@@ -598,9 +612,11 @@ class Store:
 
     def create_model(self, name: str, *, namespace: str = DEFAULT_NAMESPACE,
                      description: str | None = None,
-                     tags: Mapping[str, str] | None = None, id: str | None = None) -> Model:
+                     tags: Mapping[str, str] | None = None, id: str | None = None,
+                     created_at: datetime | str | None = None) -> Model:
         model = Model(id=id or new_id(), name=name, namespace=namespace,
-                      description=description, tags=_as_dict(tags, "tags"))
+                      description=description, tags=_as_dict(tags, "tags"),
+                      created_at=_time_or_now(created_at, "created_at"))
         return self._insert(self.backend.models, model)
 
     def get_or_create_model(self, name: str, *,
@@ -644,6 +660,7 @@ class Store:
         tags: Mapping[str, str] | None = None,
         namespace: str = DEFAULT_NAMESPACE,
         id: str | None = None,
+        created_at: datetime | str | None = None,
     ) -> ModelVersion:
         """Register the next version of a model: numbers are 1, 2, 3 ... with no gaps.
 
@@ -670,6 +687,7 @@ class Store:
             git_commit=git_commit, script_hash=script_hash, script_uri=script_uri,
             reproducibility_hash=reproducibility_hash, artifact_uri=artifact_uri,
             description=description, tags=_as_dict(tags, "tags"),
+            created_at=_time_or_now(created_at, "created_at"),
         ))
         self.backend.lineage.put_node(LineageNode(
             id=version.id, kind=NodeKind.MODEL_VERSION,
@@ -1093,6 +1111,23 @@ def merge_params(run_id: str, current: dict[str, Any],
         changed = True
     Run(experiment_id="x", name="x", params=merged)  # validates the merged size
     return merged, changed
+
+
+def _status_of(value: Any) -> RunStatus:
+    try:
+        return RunStatus(value)
+    except ValueError:
+        known = ", ".join(s.value for s in RunStatus)
+        raise InvalidInputError(f"run status {value!r} is invalid; expected one of {known}",
+                                value) from None
+
+
+def _optional_time(value: datetime | str | None, what: str) -> datetime | None:
+    return None if value is None else to_utc(value, what)
+
+
+def _time_or_now(value: datetime | str | None, what: str) -> datetime:
+    return utcnow() if value is None else to_utc(value, what)
 
 
 def _as_dict(value: Any, what: str) -> dict[str, Any]:
