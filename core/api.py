@@ -27,10 +27,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from mltrail import codec
+from mltrail.access import AccessPolicy
+from mltrail.config import Config, load_config
 from mltrail.domain import (
     DEFAULT_NAMESPACE, Dataset, MetricPoint, ModelVersion, Run, RunStatus,
 )
 from mltrail.errors import InvalidInputError
+from mltrail.pseudonym import Pseudonymizer
 from mltrail.registry import open_backend
 from mltrail.store import Store
 
@@ -39,9 +42,20 @@ logger = logging.getLogger(__name__)
 DEFAULT_FLUSH_SIZE = 1_000
 
 
-def connect(url: str | None = None, *, actor: str | None = None) -> Store:
-    """Open the store at `url`, else $MLTRAIL_STORE, else the local default store."""
-    return Store(open_backend(url), actor=actor)
+def connect(url: str | None = None, *, actor: str | None = None,
+            config: Config | None = None) -> Store:
+    """Open the store at `url`, else $MLTRAIL_STORE, else the local default store.
+
+    The principal, access roles and pseudonymised fields come from `config`, by
+    default the configuration file (see `mltrail.config`); `actor` overrides
+    the principal.
+    """
+    config = config or load_config()
+    return Store(
+        open_backend(url), actor=actor or config.principal,
+        policy=AccessPolicy.from_config(config.access),
+        pseudonymizer=Pseudonymizer.from_config(config.pseudonymisation),
+    )
 
 
 # ----------------------------------------------------------------------

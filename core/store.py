@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from mltrail import codec, limits
+from mltrail.access import OPEN_POLICY, AccessPolicy, Role
 from mltrail.audit import append_event, verify_chain, VerifyResult
 from mltrail.backend import Backend, EntityRepository, ScanRequest, chunked
 from mltrail.clock import new_id, to_utc, utcnow
@@ -32,6 +33,7 @@ from mltrail.domain import (
 )
 from mltrail.errors import (
     AlreadyExistsError, ConflictError, InvalidInputError, NotFoundError,
+    PermissionDeniedError,
 )
 from mltrail.lineage import LineageGraph, traverse
 from mltrail.query.ast import Expr, fields_of
@@ -40,6 +42,7 @@ from mltrail.query.paging import (
     Page, decode_token, fingerprint, page_of, parse_order,
 )
 from mltrail.query.parser import parse_optional
+from mltrail.pseudonym import NO_PSEUDONYMS, Pseudonymizer
 from mltrail.query.stats import GroupStats
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ logger = logging.getLogger(__name__)
 E = TypeVar("E", bound=Entity)
 
 MAX_UPDATE_ATTEMPTS = 20
+# Changes that only an admin may make; every other change needs a writer.
+ADMIN_ACTIONS = frozenset({"delete", "restore"})
 PRINCIPAL_ENV = "MLTRAIL_PRINCIPAL"
 
 
@@ -60,9 +65,13 @@ def default_actor() -> str:
 class Store:
     """Records and queries experiments, runs, metrics, datasets, models and lineage."""
 
-    def __init__(self, backend: Backend, actor: str | None = None) -> None:
+    def __init__(self, backend: Backend, actor: str | None = None, *,
+                 policy: AccessPolicy | None = None,
+                 pseudonymizer: Pseudonymizer | None = None) -> None:
         self.backend = backend
         self.actor = actor or default_actor()
+        self.policy = policy or OPEN_POLICY
+        self.pseudonymizer = pseudonymizer or NO_PSEUDONYMS
 
     # ------------------------------------------------------------------
     # plumbing
@@ -88,8 +97,38 @@ class Store:
             entity_type=entity_type, entity_id=entity_id, details=details or {},
         )
 
+    def _tags(self, tags: Any) -> dict[str, str]:
+        """Copy a tags argument, replacing configured identifying values by pseudonyms."""
+        return self.pseudonymizer.tags(_as_dict(tags, "tags")) or {}
+
+    def _authorize(self, required: Role, operation: str, namespace: str | None,
+                   entity_type: str = "store", entity_id: str = "-") -> None:
+        """Check the principal's role; audit and raise PermissionDeniedError if too low."""
+        try:
+            self.policy.check(self.actor, required, operation, namespace)
+        except PermissionDeniedError as error:
+            self._audit("denied", entity_type, entity_id, dict(error.value))
+            raise
+
+    def _namespace_of(self, entity: Entity) -> str:
+        namespace = getattr(entity, "namespace", None)
+        if namespace is not None:
+            return namespace
+        if isinstance(entity, ModelVersion):
+            return self.backend.models.get(entity.model_id).namespace
+        raise TypeError(f"no namespace for {entity!r}")
+
+    def _readable(self, entity: Entity) -> E:
+        """Return `entity` if the principal may read its namespace, else raise."""
+        if self.policy.enabled:
+            self._authorize(Role.READER, "read", self._namespace_of(entity), entity.kind,
+                            entity.id)
+        return entity
+
     def _insert(self, repository: EntityRepository[E], entity: E) -> E:
         """Insert `entity`, or return the stored one when a retry finds it unchanged."""
+        self._authorize(Role.WRITER, f"create_{entity.kind}", self._namespace_of(entity),
+                        entity.kind, entity.id)
         try:
             repository.insert(entity)
         except AlreadyExistsError:
@@ -124,8 +163,11 @@ class Store:
         `change` returns the fields to replace, or None when the entity already
         has the requested state; then nothing is written or audited.
         """
+        required = Role.ADMIN if action in ADMIN_ACTIONS else Role.WRITER
         for attempt in range(MAX_UPDATE_ATTEMPTS):
             current = repository.get(entity_id)
+            self._authorize(required, action, self._namespace_of(current),
+                            repository.kind, entity_id)
             fields = change(current)
             if fields is None:
                 return current
@@ -166,7 +208,7 @@ class Store:
         to now.
         """
         experiment = Experiment(id=id or new_id(), name=name, namespace=namespace,
-                                description=description, tags=_as_dict(tags, "tags"),
+                                description=description, tags=self._tags(tags),
                                 created_at=_time_or_now(created_at, "created_at"))
         return self._insert(self.backend.experiments, experiment)
 
@@ -187,7 +229,7 @@ class Store:
                        namespace: str = DEFAULT_NAMESPACE) -> Experiment:
         """Return an experiment by id, or else by name within `namespace`."""
         try:
-            return self.backend.experiments.get(id_or_name)
+            return self._readable(self.backend.experiments.get(id_or_name))
         except NotFoundError:
             found = self.backend.experiments.find_unique((namespace, id_or_name))
             if found is None:
@@ -196,7 +238,7 @@ class Store:
                     f"namespace {namespace!r})",
                     id_or_name,
                 ) from None
-            return found
+            return self._readable(found)
 
     def list_experiments(self, *, namespace: str | None = None, filter: str | None = None,
                          include_deleted: bool = False) -> Iterator[Experiment]:
@@ -212,6 +254,8 @@ class Store:
     def purge_experiment(self, experiment_id: str) -> None:
         """Remove an experiment, its runs, their metrics and lineage nodes for good."""
         experiment = self.backend.experiments.get(experiment_id)
+        self._authorize(Role.ADMIN, "purge", experiment.namespace, "experiment",
+                        experiment.id)
         for run in self.iter_runs(experiment_ids=[experiment.id], include_deleted=True):
             self.purge_run(run.id)
         self.backend.experiments.delete(experiment.id)
@@ -279,7 +323,8 @@ class Store:
         run = Run(
             id=run_id, experiment_id=experiment.id, namespace=experiment.namespace,
             name=name or f"run-{run_id[-8:].lower()}", params=_as_dict(params, "params"),
-            tags=_as_dict(tags, "tags"), parent_run_id=parent_run_id, trainer=trainer,
+            tags=self._tags(tags), parent_run_id=parent_run_id,
+            trainer=self.pseudonymizer.trainer(trainer),
             resources=_as_dict(resources, "resources"), environment=_as_dict(environment, "environment"),
             seeds=_as_dict(seeds, "seeds"), code_version=_as_dict(code_version, "code_version"),
             dataset_ids=list(dict.fromkeys(dataset_ids)), status=status,
@@ -304,7 +349,7 @@ class Store:
                                        type=EdgeType.CONSUMED))
 
     def get_run(self, run_id: str) -> Run:
-        return self.backend.runs.get(run_id)
+        return self._readable(self.backend.runs.get(run_id))
 
     def set_run_status(self, run_id: str, status: RunStatus | str,
                        error: Mapping[str, Any] | None = None) -> Run:
@@ -345,7 +390,8 @@ class Store:
 
     def set_tags(self, kind: str, entity_id: str, tags: Mapping[str, str]) -> Entity:
         """Set tags on any entity; unlike params, tags may change."""
-        check_tags(dict(tags))
+        tags = self._tags(tags)
+        check_tags(tags)
         repository = self._repository(kind)
 
         def change(entity: Entity) -> dict[str, Any] | None:
@@ -413,6 +459,7 @@ class Store:
     def purge_run(self, run_id: str) -> None:
         """Remove a run, its metrics and its lineage node for good."""
         run = self.backend.runs.get(run_id)
+        self._authorize(Role.ADMIN, "purge", run.namespace, "run", run.id)
         self.backend.metrics.delete_run(run.id)
         self.backend.lineage.delete_node(run.id)
         self.backend.runs.delete(run.id)
@@ -435,7 +482,8 @@ class Store:
         idempotency key: sending the same batch again with the same `batch_id`
         overwrites the points instead of adding them.
         """
-        self.backend.runs.get(run_id)
+        run = self.backend.runs.get(run_id)
+        self._authorize(Role.WRITER, "log_metrics", run.namespace, "run", run.id)
         batch_id = batch_id or new_id()
         prepared = [self._prepare_point(run_id, point, batch_id, index)
                     for index, point in enumerate(points)]
@@ -486,6 +534,8 @@ class Store:
         With `max_points`, the step range is cut into that many equal buckets
         and the last point of each bucket is kept (a downsampled view).
         """
+        if self.policy.enabled:
+            self.get_run(run_id)
         start_at = None if start is None else to_utc(start, "start")
         end_at = None if end is None else to_utc(end, "end")
         points = self.backend.metrics.history(
@@ -512,6 +562,8 @@ class Store:
         return low, max(low, high)
 
     def latest_metrics(self, run_id: str) -> dict[str, MetricPoint]:
+        if self.policy.enabled:
+            self.get_run(run_id)
         return self.backend.metrics.latest([run_id]).get(run_id, {})
 
     def metric_keys(self, run_id: str) -> list[str]:
@@ -552,7 +604,7 @@ class Store:
             content_hash=content_hash,
             ingested_at=to_utc(ingested_at) if ingested_at is not None else utcnow(),
             schema=_as_dict(schema, "schema"), provenance=_as_dict(provenance, "provenance"),
-            description=description, tags=_as_dict(tags, "tags"),
+            description=description, tags=self._tags(tags),
         )
         if existing is not None:
             if not _same_dataset(existing, dataset):
@@ -615,7 +667,7 @@ class Store:
                      tags: Mapping[str, str] | None = None, id: str | None = None,
                      created_at: datetime | str | None = None) -> Model:
         model = Model(id=id or new_id(), name=name, namespace=namespace,
-                      description=description, tags=_as_dict(tags, "tags"),
+                      description=description, tags=self._tags(tags),
                       created_at=_time_or_now(created_at, "created_at"))
         return self._insert(self.backend.models, model)
 
@@ -634,12 +686,12 @@ class Store:
 
     def get_model(self, id_or_name: str, *, namespace: str = DEFAULT_NAMESPACE) -> Model:
         try:
-            return self.backend.models.get(id_or_name)
+            return self._readable(self.backend.models.get(id_or_name))
         except NotFoundError:
             found = self.backend.models.find_unique((namespace, id_or_name))
             if found is None:
                 raise NotFoundError(f"model {id_or_name!r} not found", id_or_name) from None
-            return found
+            return self._readable(found)
 
     def list_models(self, *, namespace: str | None = None, filter: str | None = None,
                     include_deleted: bool = False) -> Iterator[Model]:
@@ -686,7 +738,7 @@ class Store:
             id=version_id, model_id=target.id, version=number, run_id=run_id,
             git_commit=git_commit, script_hash=script_hash, script_uri=script_uri,
             reproducibility_hash=reproducibility_hash, artifact_uri=artifact_uri,
-            description=description, tags=_as_dict(tags, "tags"),
+            description=description, tags=self._tags(tags),
             created_at=_time_or_now(created_at, "created_at"),
         ))
         self.backend.lineage.put_node(LineageNode(
@@ -825,6 +877,7 @@ class Store:
             raise InvalidInputError(f"lineage node kind {kind!r} is invalid; expected one "
                                     f"of {known}", kind) from None
         node = LineageNode(id=node_id, kind=node_kind, label=label)
+        self._authorize(Role.WRITER, "add_lineage_node", None, "lineage", node_id)
         self.backend.lineage.put_node(node)
         return node
 
@@ -838,6 +891,7 @@ class Store:
             raise InvalidInputError(f"lineage edge type {type!r} is invalid; expected one "
                                     f"of {known}", type) from None
         edge = LineageEdge(source=source, target=target, type=edge_type)
+        self._authorize(Role.WRITER, "add_lineage_edge", None, "lineage", source)
         self._add_edge(edge)
         return edge
 
@@ -875,6 +929,7 @@ class Store:
             raise InvalidInputError(
                 f"depth {depth!r} is invalid; expected 1 to {limits.MAX_LINEAGE_DEPTH}",
                 depth)
+        self._authorize(Role.READER, "lineage", None, "lineage", node_id)
         self.backend.lineage.get_node(node_id)
         return traverse(self.backend.lineage, node_id, direction, depth)
 
@@ -922,8 +977,10 @@ class Store:
             raise InvalidInputError(
                 f"page_size {page_size!r} is invalid; expected 1 to {limits.MAX_PAGE_SIZE}",
                 page_size)
+        self._authorize(Role.READER, "search", namespace)
         expr = parse_optional(filter) if isinstance(filter, str) or filter is None \
             else filter
+        expr = self.pseudonymizer.rewrite(expr)
         if namespace is not None:
             check_namespace(namespace)
         order = parse_order(order_by)
@@ -950,7 +1007,8 @@ class Store:
                 if needs_metrics else {}
             result = []
             for run in runs:
-                if run.deleted_at is not None and not include_deleted:
+                if not self._may_read(run.namespace) or \
+                        run.deleted_at is not None and not include_deleted:
                     result.append((run, None))
                     continue
                 view = run_view(run, latest.get(run.id, {}))
@@ -963,11 +1021,18 @@ class Store:
             result = []
             for entity in entities:
                 deleted = getattr(entity, "deleted_at", None) is not None
-                view = None if deleted and not include_deleted else vars(entity)
+                hidden = deleted and not include_deleted or \
+                    not self._may_read(getattr(entity, "namespace", None))
+                view = None if hidden else vars(entity)
                 result.append((entity, view if view is not None and matches(expr, view)
                                else None))
             return result
         return views
+
+    def _may_read(self, namespace: str | None) -> bool:
+        if not self.policy.enabled or namespace is None:
+            return True
+        return self.policy.allows(self.actor, Role.READER, namespace)
 
     def _iterate(self, repository, view_factory, filter, namespace, include_deleted,
                  order_by=None) -> Iterator:
@@ -1048,6 +1113,7 @@ class Store:
     # ------------------------------------------------------------------
 
     def audit_log(self, entity_id: str | None = None) -> Iterator[AuditEvent]:
+        self._authorize(Role.READER, "audit_log", None, "audit", entity_id or "-")
         if entity_id is None:
             return self.backend.audit.scan()
         return self.backend.audit.for_entity(entity_id)
