@@ -2,9 +2,11 @@
 
 Entities are JSON documents in one table per kind, next to the few columns
 that queries need (namespace, the unique key, indexed fields, timestamps).
-Metric points are rows keyed by (run, metric, seq) with an index in history
-order; a separate table holds the latest point per metric so that lookup costs
-the same for ten points or a million. Everything goes through the standard
+Metric points are rows whose primary key is the history order (run, metric,
+step, timestamp, seq), so one B-tree serves both appends and ordered reads. A
+retried batch repeats step, timestamp and seq, so it replaces its own rows. A
+separate table holds the latest point per metric, so that lookup costs the
+same for ten points or a million. Everything goes through the standard
 library's sqlite3, with WAL journaling so several processes can write at once.
 
 URL: `local:///absolute/path/store.db`, or `local://relative/path.db`
@@ -54,12 +56,10 @@ NATIVE_ORDER_FIELDS = frozenset({"id", "created_at", "updated_at"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS metric_points (
-    run_id TEXT NOT NULL, key TEXT NOT NULL, seq TEXT NOT NULL,
-    step INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL, bits TEXT, extra TEXT,
-    PRIMARY KEY (run_id, key, seq)
+    run_id TEXT NOT NULL, key TEXT NOT NULL, step INTEGER NOT NULL,
+    ts INTEGER NOT NULL, seq TEXT NOT NULL, value REAL, bits TEXT, extra TEXT,
+    PRIMARY KEY (run_id, key, step, ts, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS metric_points_order
-    ON metric_points (run_id, key, step, ts, seq);
 CREATE TABLE IF NOT EXISTS metric_latest (
     run_id TEXT NOT NULL, key TEXT NOT NULL, seq TEXT NOT NULL,
     step INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL, bits TEXT, extra TEXT,
@@ -115,10 +115,7 @@ def _dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _float_columns(value: float) -> tuple[float | None, str | None]:
-    if math.isfinite(value) and not (value == 0.0 and math.copysign(1.0, value) < 0):
-        return value, None
-    return None, struct.pack(">d", value).hex()
+_INFINITIES = (math.inf, -math.inf)
 
 
 def _float_value(value: float | None, bits: str | None) -> float:
@@ -388,21 +385,24 @@ class LocalMetricRepository(MetricRepository):
         rows = []
         best: dict[str, tuple] = {}
         for point in points:
-            value, bits = _float_columns(point.value)
+            value = point.value
+            bits = None
+            if value != value or value in _INFINITIES or \
+                    (value == 0.0 and math.copysign(1.0, value) < 0):
+                value, bits = None, struct.pack(">d", point.value).hex()
             extra = point.extras()
-            row = (run_id, point.key, point.seq, point.step, to_micros(point.timestamp),
+            row = (run_id, point.key, point.step, to_micros(point.timestamp), point.seq,
                    value, bits, None if extra is None else _dumps(extra))
             rows.append(row)
-            order = (row[3], row[4], row[2])
             current = best.get(point.key)
-            if current is None or order > (current[3], current[4], current[2]):
+            if current is None or row[2:5] > current[2:5]:
                 best[point.key] = row
         with self.db.write() as conn:
             conn.executemany(
-                "INSERT OR REPLACE INTO metric_points (run_id, key, seq, step, ts, value, "
+                "INSERT OR REPLACE INTO metric_points (run_id, key, step, ts, seq, value, "
                 "bits, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             conn.executemany(
-                "INSERT INTO metric_latest (run_id, key, seq, step, ts, value, bits, extra) "
+                "INSERT INTO metric_latest (run_id, key, step, ts, seq, value, bits, extra) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, key) DO UPDATE SET "
                 "seq = excluded.seq, step = excluded.step, ts = excluded.ts, "
                 "value = excluded.value, bits = excluded.bits, extra = excluded.extra "

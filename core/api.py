@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from mltrail import codec
+from mltrail.clock import new_id, utcnow
 from mltrail.access import AccessPolicy
 from mltrail.config import Config, load_config
 from mltrail.domain import (
@@ -172,6 +173,7 @@ class ActiveRun:
         self.flush_size = flush_size
         self.manage_status = manage_status
         self._buffer: list[MetricPoint] = []
+        self._batch_id = new_id()
 
     @property
     def id(self) -> str:
@@ -213,11 +215,13 @@ class ActiveRun:
 
     def log_metric(self, key: str, value: float, step: int = 0,
                    timestamp: datetime | None = None, **extra: Any) -> None:
-        """Buffer one metric point; it is written at the next flush."""
+        """Validate and buffer one metric point; it is written at the next flush."""
+        buffer = self._buffer
         point = MetricPoint(run_id=self.run.id, key=key, value=value, step=step,
-                            **({"timestamp": timestamp} if timestamp else {}), **extra)
-        self._buffer.append(point.validate())
-        if len(self._buffer) >= self.flush_size:
+                            timestamp=timestamp or utcnow(),
+                            seq=f"{self._batch_id}:{len(buffer):06d}", **extra)
+        buffer.append(point.validate())
+        if len(buffer) >= self.flush_size:
             self.flush()
 
     def log_metrics(self, values: Mapping[str, float], step: int = 0,
@@ -229,12 +233,12 @@ class ActiveRun:
         """Write buffered metric points as one batch."""
         if not self._buffer:
             return
-        batch, self._buffer = self._buffer, []
-        try:
-            self.store.log_metrics(self.run.id, batch)
-        except Exception:
-            self._buffer = batch + self._buffer
-            raise
+        batch = self._buffer
+        # The batch keeps its id until it is written, so a flush retried after a
+        # failure overwrites whatever part of it reached the store.
+        self.store.append_prepared_points(self.run.id, batch)
+        self._buffer = []
+        self._batch_id = new_id()
 
     def log_artifact(self, name: str, uri: str) -> None:
         self.run = self.store.log_artifact(self.run.id, name, uri)

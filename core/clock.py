@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from ulid import ULID
 
 from mltrail.errors import InvalidInputError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+ONE_MICROSECOND = timedelta(microseconds=1)
 
 
 def new_id() -> str:
@@ -51,8 +52,7 @@ def to_utc(value: datetime | str | float | int, field: str = "timestamp") -> dat
 
 def to_micros(value: datetime) -> int:
     """Return microseconds since the Unix epoch; exact, unlike `timestamp()`."""
-    delta = value - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (value - EPOCH) // ONE_MICROSECOND
 
 
 def from_micros(micros: int) -> datetime:

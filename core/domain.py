@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
@@ -539,11 +539,36 @@ class MetricPoint:
     )
 
     def validate(self) -> MetricPoint:
+        """Check and normalise every field in place; return the point.
+
+        The common case (a str key, a float value, an int step and a UTC
+        timestamp) is checked with exact type tests first, because the Python
+        API validates every logged point.
+        """
+        key = self.key
+        if type(key) is not str or not key or len(key) > limits.MAX_KEY_LENGTH \
+                or "\x00" in key:
+            check_key(key, "metric key")
+        if type(self.value) is not float:
+            self.value = check_float(self.value, f"metric {key!r} value")
+        step = self.step
+        if type(step) is not int or not 0 <= step <= limits.MAX_STEP:
+            check_step(step)
+        stamp = self.timestamp
+        if type(stamp) is not datetime or stamp.tzinfo is not timezone.utc:
+            self.timestamp = to_utc(stamp, "timestamp")
+        if self.has_extras():
+            self._validate_extras()
+        return self
+
+    def has_extras(self) -> bool:
+        return not (self.unit is None and self.metric_kind is None and self.split is None
+                    and self.hardware is None and self.ci_low is None
+                    and self.ci_high is None and self.ci_level is None
+                    and self.drift is None)
+
+    def _validate_extras(self) -> None:
         check_id(self.run_id, "run id")
-        check_key(self.key, "metric key")
-        self.value = check_float(self.value, f"metric {self.key!r} value")
-        check_step(self.step)
-        self.timestamp = to_utc(self.timestamp, "timestamp")
         for name in ("unit", "metric_kind", "split", "hardware"):
             value = getattr(self, name)
             if value is not None:
@@ -562,7 +587,6 @@ class MetricPoint:
             for name, value in self.drift.items():
                 check_key(name, "drift indicator")
                 self.drift[name] = check_float(value, f"drift {name!r}")
-        return self
 
     def order_key(self) -> tuple[int, datetime, str]:
         """History order: step, then timestamp, then write order."""
@@ -570,6 +594,8 @@ class MetricPoint:
 
     def extras(self) -> dict[str, Any] | None:
         """Return the optional fields that are set, encoded, or None when none is."""
+        if not self.has_extras():
+            return None
         extra = {}
         for name in self.optional_fields:
             value = getattr(self, name)

@@ -482,14 +482,22 @@ class Store:
         idempotency key: sending the same batch again with the same `batch_id`
         overwrites the points instead of adding them.
         """
-        run = self.backend.runs.get(run_id)
-        self._authorize(Role.WRITER, "log_metrics", run.namespace, "run", run.id)
         batch_id = batch_id or new_id()
         prepared = [self._prepare_point(run_id, point, batch_id, index)
                     for index, point in enumerate(points)]
-        for chunk in chunked(prepared, limits.MAX_METRIC_BATCH):
+        return self.append_prepared_points(run_id, prepared)
+
+    def append_prepared_points(self, run_id: str, points: Sequence[MetricPoint]) -> int:
+        """Append points that are validated and carry their `seq` already.
+
+        The Python API's buffered runs use this to avoid validating twice;
+        everyone else calls `log_metrics`.
+        """
+        run = self.backend.runs.get(run_id)
+        self._authorize(Role.WRITER, "log_metrics", run.namespace, "run", run.id)
+        for chunk in chunked(points, limits.MAX_METRIC_BATCH):
             self.backend.metrics.append(run_id, chunk)
-        return len(prepared)
+        return len(points)
 
     def log_metric(self, run_id: str, key: str, value: float, step: int = 0,
                    timestamp: datetime | None = None, **extra: Any) -> MetricPoint:
@@ -501,22 +509,23 @@ class Store:
     @staticmethod
     def _prepare_point(run_id: str, point: MetricPoint | Mapping[str, Any],
                        batch_id: str, index: int) -> MetricPoint:
-        if isinstance(point, Mapping):
-            try:
-                point = MetricPoint(run_id=run_id, **point)
-            except TypeError as error:
-                raise InvalidInputError(f"invalid metric point {dict(point)!r}: {error}",
-                                        point) from None
-        elif not isinstance(point, MetricPoint):
-            raise InvalidInputError(f"expected a MetricPoint or dict, got {point!r}", point)
+        if isinstance(point, MetricPoint):
+            fields = {name: getattr(point, name) for name in MetricPoint.__slots__}
+        elif isinstance(point, Mapping):
+            fields = {"run_id": run_id, **point}
         else:
-            point = dataclasses.replace(point)
-        if point.run_id != run_id:
+            raise InvalidInputError(f"expected a MetricPoint or dict, got {point!r}", point)
+        if fields.get("run_id") != run_id:
             raise InvalidInputError(
-                f"metric point for run {point.run_id!r} sent to run {run_id!r}", point.run_id
-            )
-        point.seq = f"{batch_id}:{index:06d}"
-        return point.validate()
+                f"metric point for run {fields.get('run_id')!r} sent to run {run_id!r}",
+                fields.get("run_id"))
+        fields["seq"] = f"{batch_id}:{index:06d}"
+        try:
+            copy = MetricPoint(**fields)
+        except TypeError as error:
+            raise InvalidInputError(f"invalid metric point {fields!r}: {error}",
+                                    fields) from None
+        return copy.validate()
 
     def metric_history(
         self,
