@@ -1,4 +1,4 @@
-"""The `mltrail` command line: list, search, compare and trace what training code recorded.
+"""The `mltrail` command line: list, search, compare and trace recorded training.
 
 Every command works on the store named by `--store` (else $MLTRAIL_STORE, else
 the local store in the user's data directory). Commands that print data take
@@ -11,8 +11,8 @@ the local store in the user's data directory). Commands that print data take
   NaN or infinity, so non-finite floats are written as the strings "NaN",
   "Infinity" and "-Infinity". Finite floats keep every digit.
 - `csv`: a header and one row per item, with nested fields flattened into
-  dotted columns such as `params.optimizer.lr`. Lists and empty dicts are
-  written as JSON text, and a show command writes a single row.
+  dotted columns such as `params.optimizer.lr`. Lists are written as JSON
+  text, empty dicts add no column, and a show command writes a single row.
 
 stdout carries only data and confirmations. Hints such as the next page token go
 to stderr. An expected error (not found, invalid input, conflict, unreachable
@@ -30,8 +30,8 @@ import dataclasses
 import importlib
 import io
 import json
+import logging
 import math
-import os
 import sys
 from collections import deque
 from dataclasses import dataclass
@@ -73,7 +73,7 @@ LAZY_COMMANDS: dict[str, str] = {}
 # that piped tables are not cut to 80 columns. Terminals use their own width.
 PIPE_WIDTH = 200
 
-# Latest metrics shown in the METRICS cell of `runs list`; the rest are counted.
+# Latest metrics shown in the METRICS cell of `runs list`. The rest are counted.
 METRICS_IN_CELL = 4
 
 
@@ -83,17 +83,19 @@ METRICS_IN_CELL = 4
 
 
 class CliError(click.ClickException):
-    """An expected failure, printed as one `error: ...` line; exit code 1."""
+    """An expected failure, printed as one `error: ...` line with exit code 1."""
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", file=file, err=True)
 
 
 class CliUsageError(click.UsageError):
-    """A usage mistake, printed as one `error: ...` line; exit code 2."""
+    """A usage mistake, printed as one `error: ...` line with exit code 2."""
 
     def show(self, file: Any = None) -> None:
-        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        hint = ""
+        if self.ctx is not None:
+            hint = f" (see '{self.ctx.command_path} --help')"
         click.echo(f"error: {self.format_message()}{hint}", file=file, err=True)
 
 
@@ -116,7 +118,8 @@ class MltrailGroup(click.Group):
     the commands of `LAZY_COMMANDS` on demand."""
 
     def make_context(self, info_name: str | None, args: list[str],
-                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+                     parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.exceptions.NoArgsIsHelpError:
@@ -150,8 +153,9 @@ def load_lazy_command(name: str, target: str) -> click.Command:
     try:
         command = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise CliError(f"command {name!r} could not be loaded from {target!r}: {error}; "
-                       "reinstall mltrail with the extras that command needs") from None
+        raise CliError(f"command {name!r} could not be loaded from {target!r}: "
+                       f"{error}; reinstall mltrail with the extras that command "
+                       "needs") from None
     if not isinstance(command, click.Command):
         raise CliError(f"command {name!r} at {target!r} is a {type(command).__name__}, "
                        "not a click command")
@@ -277,7 +281,8 @@ def dataclass_record(value: Any) -> dict[str, Any]:
 
 
 def dump_json(data: Any) -> str:
-    return json.dumps(to_json_value(data), indent=2, ensure_ascii=False, allow_nan=False)
+    return json.dumps(to_json_value(data), indent=2, ensure_ascii=False,
+                      allow_nan=False)
 
 
 def csv_cell(value: Any) -> str:
@@ -297,8 +302,13 @@ def csv_cell(value: Any) -> str:
 
 
 def flatten_row(row: Mapping[str, Any]) -> dict[str, str]:
-    """Flatten nested dicts into dotted columns (dots inside keys become %2E)."""
-    return {codec.join_path(path): csv_cell(value) for path, value in codec.flatten(dict(row))}
+    """Flatten nested dicts into dotted columns (dots inside keys become %2E).
+
+    An empty dict adds no column, so `tags` with no tags does not sit beside
+    `tags.team` from another row.
+    """
+    return {codec.join_path(path): csv_cell(value)
+            for path, value in codec.flatten(dict(row)) if value != {}}
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]]) -> None:
@@ -346,7 +356,9 @@ def format_duration(start: datetime | None, end: datetime | None) -> str:
         return f"{seconds:.1f}s"
     minutes, seconds = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+    if hours:
+        return f"{hours}h{minutes:02d}m{seconds:02d}s"
+    return f"{minutes}m{seconds:02d}s"
 
 
 def format_interval(low: float | None, high: float | None, level: float | None) -> str:
@@ -384,8 +396,8 @@ def make_console() -> Console:
 
 
 def make_table(columns: Sequence[Column], title: str | None = None) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left",
-                  title_style="bold", header_style="bold")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, title=title,
+                  title_justify="left", title_style="bold", header_style="bold")
     for column in columns:
         table.add_column(column.header, overflow="fold", no_wrap=column.no_wrap)
     return table
@@ -419,7 +431,7 @@ def emit_object(record: Mapping[str, Any], output_format: str,
 
 def emit_change(state: CliState, output_format: str | None, record: Mapping[str, Any],
                 message: str) -> None:
-    """Print the changed entity (json, csv), or a confirmation (table) unless --quiet."""
+    """Print the changed entity as json or csv, else a confirmation unless --quiet."""
     chosen = state.format_for(output_format)
     if chosen == "table":
         state.confirm(message)
@@ -427,21 +439,24 @@ def emit_change(state: CliState, output_format: str | None, record: Mapping[str,
         emit_object(record, chosen, lambda console: None)
 
 
-def key_value_table(pairs: Iterable[tuple[str, Any]], title: str | None = None) -> Table:
-    table = Table(box=None, show_header=False, title=title, title_justify="left",
-                  title_style="bold", pad_edge=False)
+def print_pairs(console: Console, title: str, pairs: Iterable[tuple[str, Any]]) -> None:
+    """Print a bold title line and a two-column table of field names and values."""
+    table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in pairs:
-        table.add_row(key, value if isinstance(value, Text) else display(value))
-    return table
+        table.add_row(key, display(value))
+    console.print(Text(title, style="bold"))
+    console.print(table)
 
 
-def print_section(console: Console, title: str, pairs: Sequence[tuple[str, Any]]) -> None:
+def print_section(console: Console, title: str,
+                  pairs: Sequence[tuple[str, Any]]) -> None:
+    """Print a titled section after a blank line, or nothing when it has no pairs."""
     if not pairs:
         return
     console.print()
-    console.print(key_value_table(pairs, title))
+    print_pairs(console, title, pairs)
 
 
 def flat_pairs(value: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -468,7 +483,7 @@ def point_record(point: MetricPoint) -> dict[str, Any]:
 
 
 def run_record(run: Run, latest: Mapping[str, MetricPoint]) -> dict[str, Any]:
-    """The fields of a run in listings, with the latest value of each metric."""
+    """Return the run fields that listings print, with each metric's latest value."""
     return {
         "id": run.id,
         "name": run.name,
@@ -488,16 +503,17 @@ def run_record(run: Run, latest: Mapping[str, MetricPoint]) -> dict[str, Any]:
 def model_record(store: Store, model: Model) -> dict[str, Any]:
     versions = store.list_model_versions(model.id, include_deleted=True)
     record = entity_record(model)
-    record["version_count"] = sum(1 for v in versions if v.deleted_at is None)
-    record["latest_version"] = max((v.version for v in versions if v.deleted_at is None),
-                                   default=None)
+    live = [v.version for v in versions if v.deleted_at is None]
+    record["version_count"] = len(live)
+    record["latest_version"] = max(live, default=None)
     return record
 
 
 def version_record(version: ModelVersion, model: Model) -> dict[str, Any]:
     record = entity_record(version)
     record["model_name"] = model.name
-    record["aliases"] = sorted(a for a, v in model.aliases.items() if v == version.version)
+    record["aliases"] = sorted(alias for alias, number in model.aliases.items()
+                               if number == version.version)
     return record
 
 
@@ -510,13 +526,15 @@ def short_hash(value: str | None, length: int = 19) -> str:
 # ----------------------------------------------------------------------
 
 
-@click.group(cls=MltrailGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="mltrail", cls=MltrailGroup,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "store_url", envvar=STORE_ENV, metavar="URL",
               help="Store URL, e.g. memory://demo or local:///path/store.db. "
                    f"[default: ${STORE_ENV}, else the local store in the user data "
                    "directory]")
 @click.option("--format", "output_format", type=click.Choice(FORMATS), default="table",
-              show_default=True, help="Output format of every command that prints data.")
+              show_default=True,
+              help="Output format of every command that prints data.")
 @click.option("--namespace", metavar="NAME",
               help="Namespace in which names of experiments, models and datasets are "
                    "looked up and created, and to which listings are limited. "
@@ -529,7 +547,13 @@ def short_hash(value: str | None, length: int = 19) -> str:
 @click.pass_context
 def main(ctx: click.Context, store_url: str | None, output_format: str,
          namespace: str | None, quiet: bool) -> None:
-    """Record and query ML model metadata, evaluation histories and lineage."""
+    """Record and query ML model metadata, evaluation histories and lineage.
+
+    With --format json, times are ISO 8601 UTC strings and non-finite floats are
+    the strings "NaN", "Infinity" and "-Infinity", so the output is valid JSON.
+    With --format csv, nested fields become dotted columns such as
+    params.optimizer.lr. Errors print one line `error: ...` on stderr.
+    """
     state = CliState(store_url=store_url, output_format=output_format, quiet=quiet,
                      namespace=namespace)
     ctx.obj = state
@@ -573,7 +597,8 @@ def experiments_list(state: CliState, filter_text: str | None, include_deleted: 
 @click.argument("name_or_id")
 @format_option
 @click.pass_obj
-def experiments_show(state: CliState, name_or_id: str, output_format: str | None) -> None:
+def experiments_show(state: CliState, name_or_id: str,
+                     output_format: str | None) -> None:
     """Show an experiment and how many of its runs are in each status."""
     store = state.store()
     experiment = store.get_experiment(name_or_id, namespace=state.lookup_namespace)
@@ -584,7 +609,7 @@ def experiments_show(state: CliState, name_or_id: str, output_format: str | None
     record["run_counts"] = dict(sorted(counts.items()))
 
     def render(console: Console) -> None:
-        console.print(key_value_table(_experiment_pairs(experiment), "Experiment"))
+        print_pairs(console, "Experiment", _experiment_pairs(experiment))
         print_section(console, "Runs by status", sorted(counts.items()))
 
     emit_object(record, state.format_for(output_format), render)
@@ -592,7 +617,8 @@ def experiments_show(state: CliState, name_or_id: str, output_format: str | None
 
 def _experiment_pairs(experiment: Experiment) -> list[tuple[str, Any]]:
     return [("id", experiment.id), ("name", experiment.name),
-            ("namespace", experiment.namespace), ("description", experiment.description),
+            ("namespace", experiment.namespace),
+            ("description", experiment.description),
             ("tags", experiment.tags), ("created", experiment.created_at),
             ("updated", experiment.updated_at), ("deleted", experiment.deleted_at)]
 
@@ -606,7 +632,7 @@ def _experiment_pairs(experiment: Experiment) -> list[tuple[str, Any]]:
 @click.pass_obj
 def experiments_create(state: CliState, name: str, description: str | None,
                        tags: tuple[str, ...], output_format: str | None) -> None:
-    """Create an experiment; its name must be unique in the namespace."""
+    """Create an experiment whose name is unique in the namespace."""
     parsed = dict(parse_tag(tag) for tag in tags)
     experiment = state.store().create_experiment(
         name, namespace=state.lookup_namespace, description=description, tags=parsed)
@@ -618,8 +644,9 @@ def experiments_create(state: CliState, name: str, description: str | None,
 @click.argument("name_or_id")
 @format_option
 @click.pass_obj
-def experiments_delete(state: CliState, name_or_id: str, output_format: str | None) -> None:
-    """Soft-delete an experiment; `experiments restore` brings it back."""
+def experiments_delete(state: CliState, name_or_id: str,
+                       output_format: str | None) -> None:
+    """Soft-delete an experiment, which `experiments restore` brings back."""
     store = state.store()
     target = store.get_experiment(name_or_id, namespace=state.lookup_namespace)
     experiment = store.delete_experiment(target.id)
@@ -631,7 +658,8 @@ def experiments_delete(state: CliState, name_or_id: str, output_format: str | No
 @click.argument("name_or_id")
 @format_option
 @click.pass_obj
-def experiments_restore(state: CliState, name_or_id: str, output_format: str | None) -> None:
+def experiments_restore(state: CliState, name_or_id: str,
+                        output_format: str | None) -> None:
     """Restore a soft-deleted experiment."""
     store = state.store()
     target = store.get_experiment(name_or_id, namespace=state.lookup_namespace)
@@ -647,12 +675,12 @@ def experiments_restore(state: CliState, name_or_id: str, output_format: str | N
 
 def _metrics_cell(row: Mapping[str, Any]) -> str:
     metrics = row["metrics"]
-    shown = [f"{key}={display(value)}" for key, value in
+    parts = [f"{key}={display(value)}" for key, value in
              list(metrics.items())[:METRICS_IN_CELL]]
-    hidden = len(metrics) - len(shown)
+    hidden = len(metrics) - len(parts)
     if hidden > 0:
-        shown.append(f"(+{hidden} more)")
-    return ", ".join(shown)
+        parts.append(f"(+{hidden} more)")
+    return ", ".join(parts)
 
 
 def run_columns(experiment_names: Mapping[str, str]) -> tuple[Column, ...]:
@@ -681,8 +709,9 @@ def run_query_options(command: Callable) -> Callable:
                      metavar="FIELD [asc|desc]",
                      help="Sort order, e.g. \"metrics.val_acc desc\"; separate several "
                           "fields with commas."),
-        click.option("--limit", type=click.IntRange(1, limits.MAX_PAGE_SIZE), default=100,
-                     show_default=True, help="Maximum number of runs on one page."),
+        click.option("--limit", type=click.IntRange(1, limits.MAX_PAGE_SIZE),
+                     default=100, show_default=True,
+                     help="Maximum number of runs on one page."),
         click.option("--page-token", metavar="TOKEN",
                      help="Continue after the page that printed this token; pass the "
                           "same filter and order again."),
@@ -694,7 +723,8 @@ def run_query_options(command: Callable) -> Callable:
     return command
 
 
-def resolve_experiment_ids(state: CliState, experiments_given: Sequence[str]) -> list[str]:
+def resolve_experiment_ids(state: CliState,
+                           experiments_given: Sequence[str]) -> list[str]:
     store = state.store()
     return [store.get_experiment(name, namespace=state.lookup_namespace).id
             for name in experiments_given]
@@ -710,9 +740,10 @@ def experiment_names_of(store: Store, experiment_ids: Iterable[str]) -> dict[str
     return names
 
 
-def list_runs(state: CliState, filter_text: str | None, experiments_given: Sequence[str],
-              statuses: Sequence[str], order_by: str, limit: int, page_token: str | None,
-              include_deleted: bool, output_format: str | None) -> None:
+def list_runs(state: CliState, filter_text: str | None,
+              experiments_given: Sequence[str], statuses: Sequence[str], order_by: str,
+              limit: int, page_token: str | None, include_deleted: bool,
+              output_format: str | None) -> None:
     store = state.store()
     expr: Expr | None = parse_optional(filter_text)
     if statuses:
@@ -720,9 +751,10 @@ def list_runs(state: CliState, filter_text: str | None, experiments_given: Seque
         expr = by_status if expr is None else And((expr, by_status))
     experiment_ids = resolve_experiment_ids(state, experiments_given) or None
     # NOTE: one latest-metrics lookup per run, because the Store has no batched
-    # form of `latest_metrics`; a page of `--limit` runs costs that many reads.
-    page = store.search_runs(expr, experiment_ids=experiment_ids, namespace=state.namespace,
-                             order_by=order_by, page_size=limit, page_token=page_token,
+    # form of `latest_metrics`, so a page of `--limit` runs costs that many reads.
+    page = store.search_runs(expr, experiment_ids=experiment_ids,
+                             namespace=state.namespace, order_by=order_by,
+                             page_size=limit, page_token=page_token,
                              include_deleted=include_deleted)
     rows = [run_record(run, store.latest_metrics(run.id)) for run in page.items]
     names = experiment_names_of(store, (row["experiment_id"] for row in rows))
@@ -787,12 +819,13 @@ def runs_show(state: CliState, run_id: str, output_format: str | None) -> None:
                 for dataset_id in run.dataset_ids]
     record = entity_record(run)
     record["experiment_name"] = experiment.name if experiment else None
-    record["latest_metrics"] = {key: point_record(latest[key]) for key in sorted(latest)}
+    record["latest_metrics"] = {key: point_record(latest[key])
+                                for key in sorted(latest)}
     record["datasets"] = [_dataset_summary(dataset_id, dataset) for dataset_id, dataset
                           in zip(run.dataset_ids, datasets)]
 
     def render(console: Console) -> None:
-        console.print(key_value_table(_run_pairs(run, experiment, parent), "Run"))
+        print_pairs(console, "Run", _run_pairs(run, experiment, parent))
         print_section(console, "Params", flat_pairs(run.params))
         _print_latest_metrics(console, latest)
         print_section(console, "Datasets", [
@@ -856,7 +889,8 @@ def _dataset_summary(dataset_id: str, dataset: Dataset | None) -> dict[str, Any]
 def _dataset_label(summary: Mapping[str, Any]) -> str:
     if summary["name"] is None:
         return "(not found)"
-    return f"{summary['name']}@{summary['version']}  {short_hash(summary['content_hash'])}"
+    content_hash = short_hash(summary["content_hash"])
+    return f"{summary['name']}@{summary['version']}  {content_hash}"
 
 
 def _environment_pairs(environment: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -865,7 +899,8 @@ def _environment_pairs(environment: Mapping[str, Any]) -> list[tuple[str, Any]]:
     pairs.extend(flat_pairs({"hardware": environment.get("hardware") or {}}))
     packages = environment.get("packages")
     if packages:
-        pairs.append(("packages", f"{len(packages)} installed (--format json lists them)"))
+        pairs.append(("packages",
+                      f"{len(packages)} installed (--format json lists them)"))
     return [(key, value) for key, value in pairs if value not in (None, {}, "")]
 
 
@@ -874,7 +909,7 @@ def _environment_pairs(environment: Mapping[str, Any]) -> list[tuple[str, Any]]:
 @format_option
 @click.pass_obj
 def runs_delete(state: CliState, run_id: str, output_format: str | None) -> None:
-    """Soft-delete a run; `runs restore` brings it back."""
+    """Soft-delete a run, which `runs restore` brings back."""
     run = state.store().delete_run(run_id)
     emit_change(state, output_format, entity_record(run),
                 f"deleted run {run.name!r} ({run.id})")
@@ -916,12 +951,16 @@ def metrics() -> None:
 @metrics.command("history")
 @click.argument("run_id")
 @click.argument("key")
-@click.option("--min-step", type=click.IntRange(min=0), help="Smallest step to include.")
-@click.option("--max-step", type=click.IntRange(min=0), help="Largest step to include.")
+@click.option("--min-step", type=click.IntRange(min=0),
+              help="Smallest step to include.")
+@click.option("--max-step", type=click.IntRange(min=0),
+              help="Largest step to include.")
 @click.option("--start", metavar="TIME",
-              help="Earliest timestamp to include, ISO 8601 (UTC when no offset is given).")
+              help="Earliest timestamp to include, ISO 8601 (UTC when no offset is "
+                   "given).")
 @click.option("--end", metavar="TIME",
-              help="Latest timestamp to include, ISO 8601 (UTC when no offset is given).")
+              help="Latest timestamp to include, ISO 8601 (UTC when no offset is "
+                   "given).")
 @click.option("--max-points", type=click.IntRange(min=1),
               help="Downsample to at most this many points: the step range is cut into "
                    "equal buckets and the last point of each is kept.")
@@ -933,15 +972,16 @@ def metrics_history(state: CliState, run_id: str, key: str, min_step: int | None
     """Print the history of metric KEY of a run, in step order."""
     store = state.store()
     store.get_run(run_id)
-    points = list(store.metric_history(run_id, key, min_step=min_step, max_step=max_step,
-                                       start=start, end=end, max_points=max_points))
+    points = list(store.metric_history(run_id, key, min_step=min_step,
+                                       max_step=max_step, start=start, end=end,
+                                       max_points=max_points))
     if not points:
         known = store.metric_keys(run_id)
         if key not in known:
             raise NotFoundError(f"run {run_id!r} has no metric {key!r}; its metrics: "
                                 f"{', '.join(known) or 'none'}", key)
-    emit_rows([point_record(point) for point in points], state.format_for(output_format),
-              POINT_COLUMNS)
+    rows = [point_record(point) for point in points]
+    emit_rows(rows, state.format_for(output_format), POINT_COLUMNS)
 
 
 @metrics.command("latest")
@@ -966,7 +1006,8 @@ def metrics_latest(state: CliState, run_id: str, output_format: str | None) -> N
 @click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID RUN_ID...")
 @format_option
 @click.pass_obj
-def compare(state: CliState, run_ids: tuple[str, ...], output_format: str | None) -> None:
+def compare(state: CliState, run_ids: tuple[str, ...],
+            output_format: str | None) -> None:
     """Show params and latest metrics of several runs side by side."""
     if len(run_ids) < 2:
         raise click.UsageError(f"compare needs at least 2 run ids, got {len(run_ids)}")
@@ -979,15 +1020,17 @@ def compare(state: CliState, run_ids: tuple[str, ...], output_format: str | None
     for section in ("params", "metrics"):
         for key, values in comparison[section].items():
             row = {"field": f"{section}.{key}"}
-            row.update({run["id"]: value for run, value in zip(comparison["runs"], values)})
+            for run, value in zip(comparison["runs"], values):
+                row[run["id"]] = value
             rows.append(row)
     if chosen == "csv":
         write_csv(rows)
         return
     columns = [Column("FIELD", "field")]
     for run in comparison["runs"]:
-        columns.append(Column(f"{run['name']}\n{run['id']}",
-                              text=lambda row, run_id=run["id"]: display(row.get(run_id))))
+        columns.append(Column(
+            f"{run['name']}\n{run['id']}",
+            text=lambda row, run_id=run["id"]: display(row.get(run_id))))
     emit_rows(rows, "table", columns)
 
 
@@ -1036,8 +1079,9 @@ def best(state: CliState, metric: str, count: int, minimize: bool,
 @experiment_option
 @format_option
 @click.pass_obj
-def aggregate(state: CliState, metric: str, group_by: str | None, filter_text: str | None,
-              experiments: tuple[str, ...], output_format: str | None) -> None:
+def aggregate(state: CliState, metric: str, group_by: str | None,
+              filter_text: str | None, experiments: tuple[str, ...],
+              output_format: str | None) -> None:
     """Summarise the latest value of METRIC across runs, per group.
 
     Each group reports count, NaN count, mean, median, sample standard deviation,
@@ -1053,8 +1097,8 @@ def aggregate(state: CliState, metric: str, group_by: str | None, filter_text: s
         Column("COUNT", "count"), Column("NaN", "nan_count"), Column("MEAN", "mean"),
         Column("MEDIAN", "median"), Column("STDDEV", "stddev"), Column("MIN", "min"),
         Column("MAX", "max"),
-        Column("95% CI OF MEAN",
-               text=lambda row: format_interval(row["ci95_low"], row["ci95_high"], None)),
+        Column("95% CI OF MEAN", text=lambda row: format_interval(
+            row["ci95_low"], row["ci95_high"], None)),
     )
     emit_rows(rows, state.format_for(output_format), columns)
 
@@ -1093,9 +1137,9 @@ def describe_node(graph: LineageGraph, node_id: str) -> str:
 def lineage_lines(graph: LineageGraph) -> list[str]:
     """Render a traversal as an indented tree, one line per edge.
 
-    Each node is expanded once, where the tree depth equals its distance from
-    the root; other edges to it print a reference line instead of repeating
-    its subtree.
+    Each node is expanded once, at a place where its tree depth equals its
+    distance from the root. Other edges to it print a reference line instead
+    of repeating its subtree.
     """
     branches: dict[str, list[tuple[LineageEdge, str]]] = {}
     for edge in graph.edges:
@@ -1128,7 +1172,8 @@ def lineage_lines(graph: LineageGraph) -> list[str]:
 
 def lineage_record(graph: LineageGraph, depth: int) -> dict[str, Any]:
     nodes = []
-    for node_id, distance in sorted(graph.nodes.items(), key=lambda item: (item[1], item[0])):
+    by_distance = sorted(graph.nodes.items(), key=lambda item: (item[1], item[0]))
+    for node_id, distance in by_distance:
         node = graph.details.get(node_id)
         nodes.append({"id": node_id, "kind": node.kind if node else None,
                       "label": node.label if node else None, "distance": distance})
@@ -1149,7 +1194,8 @@ def resolve_node_id(state: CliState, text: str) -> str:
     store = state.store()
     name, _, version = text.rpartition("@")
     try:
-        return store.get_model_version(name, version, namespace=state.lookup_namespace).id
+        return store.get_model_version(name, version,
+                                       namespace=state.lookup_namespace).id
     except NotFoundError:
         pass
     try:
@@ -1157,8 +1203,8 @@ def resolve_node_id(state: CliState, text: str) -> str:
     except NotFoundError:
         raise NotFoundError(
             f"{text!r} names no model version and no dataset version in namespace "
-            f"{state.lookup_namespace!r}; pass a node id, MODEL@VERSION, MODEL@ALIAS or "
-            "DATASET@VERSION", text) from None
+            f"{state.lookup_namespace!r}; pass a node id, MODEL@VERSION, MODEL@ALIAS "
+            "or DATASET@VERSION", text) from None
 
 
 def show_lineage(state: CliState, node: str, direction: str, depth: int,
@@ -1270,7 +1316,7 @@ def models_show(state: CliState, name: str, output_format: str | None) -> None:
                  ("description", model.description), ("tags", model.tags),
                  ("aliases", model.aliases), ("created", model.created_at),
                  ("deleted", model.deleted_at)]
-        console.print(key_value_table(pairs, "Model"))
+        print_pairs(console, "Model", pairs)
         history = [(alias, " -> ".join(str(v) for v in earlier))
                    for alias, earlier in sorted(model.alias_history.items()) if earlier]
         print_section(console, "Earlier alias targets (oldest first)", history)
@@ -1339,7 +1385,7 @@ def models_rollback(state: CliState, name: str, alias: str,
 @click.pass_obj
 def models_delete_version(state: CliState, name: str, version: int,
                           output_format: str | None) -> None:
-    """Soft-delete VERSION of model NAME; its number is never reused."""
+    """Soft-delete VERSION of model NAME. Its number is never reused."""
     store = state.store()
     model = store.get_model(name, namespace=state.lookup_namespace)
     deleted = store.delete_model_version(model.id, version)
@@ -1380,8 +1426,8 @@ def datasets_list(state: CliState, filter_text: str | None,
                   output_format: str | None) -> None:
     """List dataset versions by name, then by registration time."""
     store = state.store()
-    rows = [entity_record(dataset)
-            for dataset in store.list_datasets(namespace=state.namespace, filter=filter_text)]
+    found = store.list_datasets(namespace=state.namespace, filter=filter_text)
+    rows = [entity_record(dataset) for dataset in found]
     columns = (
         Column("ID", "id", no_wrap=True), Column("NAME", "name"),
         Column("VERSION", "version"),
@@ -1406,12 +1452,13 @@ def datasets_show(state: CliState, name_or_id: str, version: str | None,
     record = entity_record(dataset)
 
     def render(console: Console) -> None:
-        pairs = [("id", dataset.id), ("name", dataset.name), ("version", dataset.version),
-                 ("namespace", dataset.namespace), ("description", dataset.description),
+        pairs = [("id", dataset.id), ("name", dataset.name),
+                 ("version", dataset.version), ("namespace", dataset.namespace),
+                 ("description", dataset.description),
                  ("content hash", dataset.content_hash), ("source", dataset.source_uri),
                  ("ingested", dataset.ingested_at), ("tags", dataset.tags),
                  ("created", dataset.created_at)]
-        console.print(key_value_table(pairs, "Dataset"))
+        print_pairs(console, "Dataset", pairs)
         provenance = dict(dataset.provenance)
         steps = provenance.pop("preprocessing", None) or []
         print_section(console, "Provenance", flat_pairs(provenance))
@@ -1444,20 +1491,26 @@ def audit_log(state: CliState, entity_id: str | None, last_count: int | None,
     events = state.store().audit_log(entity_id)
     if last_count is not None:
         events = deque(events, maxlen=last_count)
+    chosen = state.format_for(output_format)
     rows = [describe_audit_event(event) for event in events]
+    if chosen == "csv":
+        # Details contain whole entity records, so one JSON column keeps the CSV narrow.
+        for row in rows:
+            row["details"] = json.dumps(to_json_value(row["details"]),
+                                        ensure_ascii=False, sort_keys=True)
     columns = (
         Column("SEQ", "seq"), Column("AT", "at"), Column("ACTOR", "actor"),
         Column("ACTION", "action"), Column("ENTITY TYPE", "entity_type"),
         Column("ENTITY ID", "entity_id", no_wrap=True),
     )
-    emit_rows(rows, state.format_for(output_format), columns)
+    emit_rows(rows, chosen, columns)
 
 
 @audit.command("verify")
 @format_option
 @click.pass_obj
 def audit_verify(state: CliState, output_format: str | None) -> None:
-    """Check the audit hash chain; exit with 1 at the first broken event."""
+    """Check the audit hash chain, and exit with 1 at the first broken event."""
     result = state.store().verify_audit()
     chosen = state.format_for(output_format)
     if chosen != "table":
@@ -1479,12 +1532,20 @@ def emulators() -> None:
     """Start, stop and list store servers on loopback for tests."""
 
 
+def log_launcher_progress(quiet: bool) -> None:
+    """Show the launchers' progress messages (downloads, start-up) on stderr."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+
+
 @emulators.command("up")
 @click.argument("name")
-def emulators_up(name: str) -> None:
-    """Start the server of store NAME; the last line printed is its store URL."""
+@click.pass_obj
+def emulators_up(cli_state: CliState, name: str) -> None:
+    """Start the server of store NAME and print its store URL as the last line."""
     from mltrail.conformance import emulators as launchers
 
+    log_launcher_progress(cli_state.quiet)
     try:
         state = launchers.up(name)
     except launchers.EmulatorError as error:
@@ -1499,6 +1560,7 @@ def emulators_down(cli_state: CliState, name: str) -> None:
     """Stop the server of store NAME."""
     from mltrail.conformance import emulators as launchers
 
+    log_launcher_progress(cli_state.quiet)
     try:
         stopped = launchers.down(name)
     except launchers.EmulatorError as error:
@@ -1538,9 +1600,10 @@ def emulators_status(cli_state: CliState, output_format: str | None) -> None:
 
 @main.command("demo")
 @click.option("--quick", is_flag=True,
-              help="Run a reduced sweep that finishes in seconds instead of a minute or so.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the data split, model initialisation and bootstrap resampling.")
+              help="Run a reduced sweep: fewer configurations and epochs.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed of the data split, model initialisation and bootstrap "
+                   "resampling.")
 @click.pass_obj
 def demo_command(state: CliState, quick: bool, seed: int) -> None:
     """Record two training sweeps on scikit-learn's bundled datasets.
