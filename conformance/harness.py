@@ -1,4 +1,4 @@
-"""What a backend author supplies to run the conformance suite.
+"""The interface a backend author supplies to run the conformance suite.
 
 A harness builds a fresh, empty store for each case and offers raw read and
 write hooks that bypass the repositories, so the suite can check stored data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -19,12 +20,16 @@ def run(
     quiet: bool = False,
     extra_args: tuple[str, ...] = (),
 ) -> int:
-    """Run (or list) the cases; return pytest's exit code, 0 when all passed."""
+    """Run (or list) the cases; return pytest's exit code, 0 when all passed.
+
+    After a run, the last line printed is `N passed, N failed, N skipped`.
+    """
     import pytest
 
     from mltrail.conformance import url_suite
 
     with tempfile.TemporaryDirectory(prefix="mltrail-conformance-") as folder:
+        report_path = json_report or str(Path(folder) / "report.json")
         # An empty ini file keeps the caller's pytest configuration out of the run.
         ini = Path(folder) / "pytest.ini"
         ini.write_text("[pytest]\n")
@@ -39,9 +44,14 @@ def run(
         if junit_xml:
             args += ["--junitxml", os.path.abspath(junit_xml),
                      "-o", "junit_suite_name=mltrail-conformance-" + SUITE_VERSION]
-        if json_report:
-            args += ["--mltrail-json", os.path.abspath(json_report)]
+        if not list_only:
+            args += ["--mltrail-json", os.path.abspath(report_path)]
         if select:
             args += ["-k", select]
         args += list(extra_args)
-        return int(pytest.main(args))
+        code = int(pytest.main(args))
+        if not list_only and Path(report_path).exists():
+            report = json.loads(Path(report_path).read_text(encoding="utf-8"))
+            print(f"{report['passed']} passed, {report['failed']} failed, "
+                  f"{report['skipped']} skipped", flush=True)
+        return code

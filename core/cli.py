@@ -67,7 +67,9 @@ FORMATS = ("table", "json", "csv")
 # heavy or optional dependency never slows down or breaks the other commands.
 # Add `conformance`, `export`, `import`, `archive` and `fsck` here as their
 # modules are written.
-LAZY_COMMANDS: dict[str, str] = {}
+LAZY_COMMANDS: dict[str, str] = {
+    "conformance": "mltrail.conformance.cli:conformance_command",
+}
 
 # Width of table output when stdout is not a terminal (a pipe or a file), so
 # that piped tables are not cut to 80 columns. Terminals use their own width.
