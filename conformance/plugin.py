@@ -14,6 +14,7 @@ It stays inert until a conformance case runs. It provides:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          f"(default: ${URL_ENV})")
     group.addoption("--mltrail-json", default=None, metavar="PATH",
                     help="write a JSON report of the conformance cases to PATH")
+    group.addoption("--mltrail-summary-file", default=None, help=argparse.SUPPRESS)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -101,7 +103,9 @@ class _Report:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.results: list[dict[str, Any]] = []
+        # One entry per case, keyed by node id: a failing setup or teardown
+        # turns a case into a failure without counting it twice.
+        self.results_by_case: dict[str, dict[str, Any]] = {}
         self.started = time.time()
         self.backend_name: str | None = None
 
@@ -109,16 +113,21 @@ class _Report:
         area = report.user_properties and dict(report.user_properties).get("mltrail_area")
         if not area:
             return
-        if report.when == "call" or report.outcome != "passed":
-            if report.when == "teardown" and report.outcome == "passed":
-                return
-            outcome = report.outcome
-            reason = None
-            if report.skipped and isinstance(report.longrepr, tuple):
-                reason = report.longrepr[2].removeprefix("Skipped: ")
-            self.results.append({"case": report.nodeid, "area": area, "outcome": outcome,
-                                 "phase": report.when, "reason": reason,
-                                 "seconds": round(report.duration, 4)})
+        if report.when != "call" and report.outcome == "passed":
+            return
+        known = self.results_by_case.get(report.nodeid)
+        if known is not None and known["outcome"] == "failed":
+            return
+        reason = None
+        if report.skipped and isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2].removeprefix("Skipped: ")
+        self.results_by_case[report.nodeid] = {
+            "case": report.nodeid, "area": area, "outcome": report.outcome,
+            "phase": report.when, "reason": reason, "seconds": round(report.duration, 4)}
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        return list(self.results_by_case.values())
 
     def counts(self) -> Counter:
         return Counter(result["outcome"] for result in self.results)
@@ -145,6 +154,9 @@ class _Report:
         if path:
             self.write_json(path)
             write(f"JSON report written to {path}")
+        internal = self.config.getoption("--mltrail-summary-file", default=None)
+        if internal:
+            self.write_json(internal)
         write(f"{counts['passed']} passed, {counts['failed']} failed, "
               f"{counts['skipped']} skipped")
 
@@ -166,13 +178,15 @@ class _Report:
             json.dump(payload, handle, indent=2)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    cls = getattr(item, "cls", None)
-    if cls is None or not any(hasattr(k, "area") for k in cls.__mro__):
-        return
-    from mltrail.conformance.suite import area_of
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tag each conformance case with its area, also as a `-k` keyword."""
+    for item in items:
+        cls = getattr(item, "cls", None)
+        if cls is None or not any(hasattr(k, "area") for k in cls.__mro__):
+            continue
+        from mltrail.conformance.suite import area_of
 
-    area = area_of(cls, getattr(item, "originalname", item.name))
-    if area is not None:
-        item.user_properties.append(("mltrail_area", area))
+        area = area_of(cls, getattr(item, "originalname", item.name))
+        if area is not None:
+            item.user_properties.append(("mltrail_area", area))
+            item.extra_keyword_matches.add(f"area_{area.replace('-', '_')}")

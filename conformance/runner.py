@@ -29,7 +29,7 @@ def run(
     from mltrail.conformance import url_suite
 
     with tempfile.TemporaryDirectory(prefix="mltrail-conformance-") as folder:
-        report_path = json_report or str(Path(folder) / "report.json")
+        report_path = str(Path(folder) / "summary.json")
         # An empty ini file keeps the caller's pytest configuration out of the run.
         ini = Path(folder) / "pytest.ini"
         ini.write_text("[pytest]\n")
@@ -44,8 +44,10 @@ def run(
         if junit_xml:
             args += ["--junitxml", os.path.abspath(junit_xml),
                      "-o", "junit_suite_name=mltrail-conformance-" + SUITE_VERSION]
+        if json_report:
+            args += ["--mltrail-json", os.path.abspath(json_report)]
         if not list_only:
-            args += ["--mltrail-json", os.path.abspath(report_path)]
+            args += ["--mltrail-summary-file", os.path.abspath(report_path)]
         if select:
             args += ["-k", select]
         args += list(extra_args)

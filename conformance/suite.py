@@ -14,6 +14,7 @@ with `Test`, and pytest only collects the subclass.
 
 from __future__ import annotations
 
+from mltrail.conformance.cases.capabilities import BlobCases, CapabilityCases, ListingCases
 from mltrail.conformance.cases.concurrency import ConcurrencyCases
 from mltrail.conformance.cases.differential import DifferentialCases
 from mltrail.conformance.cases.entities import EntityCases, RawHookCases
@@ -30,7 +31,7 @@ CASE_CLASSES = (
     EntityCases, RawHookCases, ValueCases, LimitCases, TimeCases, MetricCases,
     FilterCases, OrderCases, PaginationCases, TemplateCases, StatusCases, ParamCases,
     RetryCases, DeletionCases, ModelCases, LineageCases, AuditCases, ConcurrencyCases,
-    DifferentialCases,
+    DifferentialCases, CapabilityCases, BlobCases, ListingCases,
 )
 
 

@@ -141,7 +141,11 @@ class EntityRepository(ABC, Generic[E]):
 
     @abstractmethod
     def get(self, entity_id: str) -> E:
-        """Return the entity with this id; raise NotFoundError naming the id."""
+        """Return the entity with this id; raise NotFoundError naming the id.
+
+        `entity_id` may be any string a user typed, such as a name with
+        slashes or spaces; one that cannot be an id is simply not found.
+        """
 
     @abstractmethod
     def find_unique(self, key: tuple) -> E | None:
@@ -153,7 +157,8 @@ class EntityRepository(ABC, Generic[E]):
 
         This is a compare-and-set: raise ConflictError when the stored revision
         differs (another writer won), NotFoundError when there is no entity with
-        that id. Unique-key fields never change through update.
+        that id, and InvalidInputError when the unique-key fields differ from
+        the stored ones, since they never change through update.
         """
 
     @abstractmethod

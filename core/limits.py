@@ -1,8 +1,9 @@
 """Documented limits, checked by the core before any backend call.
 
-They keep every record well inside the smallest item limit of the supported
-stores (DynamoDB's 400 KB item, Firestore's 1 MiB document) so a write valid on
-one backend is valid on all of them.
+They keep every record inside the smallest item limit of the supported stores
+(DynamoDB's 400 KB item, Firestore's 1 MiB document), so a write valid on one
+backend is valid on all of them: a run at every limit at once is about 250 KB
+as canonical JSON.
 """
 
 MAX_NAME_LENGTH = 256
@@ -20,7 +21,7 @@ MAX_STRING_LENGTH = 8_192
 MAX_PARAMS_BYTES = 131_072
 """UTF-8 bytes of a run's whole parameter set as canonical JSON."""
 
-MAX_ATTRIBUTES_BYTES = 65_536
+MAX_ATTRIBUTES_BYTES = 16_384
 """UTF-8 bytes of each other free-form field (tags, environment, resources, ...)."""
 
 MAX_PARAMS_PER_CALL = 1_000
