@@ -69,6 +69,8 @@ FORMATS = ("table", "json", "csv")
 # modules are written.
 LAZY_COMMANDS: dict[str, str] = {
     "conformance": "mltrail.conformance.cli:conformance_command",
+    "export": "mltrail.importers.cli:export_command",
+    "import": "mltrail.importers.cli:import_command",
 }
 
 # Width of table output when stdout is not a terminal (a pipe or a file), so
