@@ -23,6 +23,7 @@ from mltrail.conformance.cases.lifecycle import (
     DeletionCases, ParamCases, RetryCases, StatusCases,
 )
 from mltrail.conformance.cases.metrics import MetricCases
+from mltrail.conformance.cases.operations import OperationCases
 from mltrail.conformance.cases.queries import FilterCases, OrderCases, PaginationCases
 from mltrail.conformance.cases.templates import TemplateCases
 from mltrail.conformance.cases.values import LimitCases, TimeCases, ValueCases
@@ -31,7 +32,7 @@ CASE_CLASSES = (
     EntityCases, RawHookCases, ValueCases, LimitCases, TimeCases, MetricCases,
     FilterCases, OrderCases, PaginationCases, TemplateCases, StatusCases, ParamCases,
     RetryCases, DeletionCases, ModelCases, LineageCases, AuditCases, ConcurrencyCases,
-    DifferentialCases, CapabilityCases, BlobCases, ListingCases,
+    DifferentialCases, CapabilityCases, BlobCases, ListingCases, OperationCases,
 )
 
 

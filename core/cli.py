@@ -69,8 +69,14 @@ FORMATS = ("table", "json", "csv")
 # modules are written.
 LAZY_COMMANDS: dict[str, str] = {
     "conformance": "mltrail.conformance.cli:conformance_command",
+    "archive": "mltrail.ops.cli:archive_command",
+    "backup": "mltrail.ops.cli:backup_command",
     "export": "mltrail.importers.cli:export_command",
+    "fsck": "mltrail.ops.cli:fsck_command",
     "import": "mltrail.importers.cli:import_command",
+    "migrate": "mltrail.ops.cli:migrate_command",
+    "restore": "mltrail.ops.cli:restore_command",
+    "upgrade": "mltrail.ops.cli:upgrade_command",
 }
 
 # Width of table output when stdout is not a terminal (a pipe or a file), so

@@ -204,6 +204,43 @@ def check_float(value: Any, what: str) -> float:
 
 
 # ---------------------------------------------------------------------------
+# Older schema versions
+# ---------------------------------------------------------------------------
+
+
+def _upgrade_0_to_1(kind: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Upgrade a schema 0 record, which predates namespaces.
+
+    Schema 0 runs also kept params flat under dotted keys, as
+    `params_flat: {"optimizer.lr": 0.01}` with codec-encoded values, where
+    schema 1 nests them under `params`.
+    """
+    if kind in ("experiment", "run", "dataset", "model"):
+        record.setdefault("namespace", DEFAULT_NAMESPACE)
+    if kind != "run" or "params_flat" not in record:
+        return record
+    params = codec.decode_value(record.get("params") or {})
+    for dotted, value in (record.pop("params_flat") or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for segment in parents:
+            node = node.setdefault(segment, {})
+            if not isinstance(node, dict):
+                break
+        if not isinstance(node, dict) or isinstance(node.get(leaf), dict):
+            raise InvalidInputError(
+                f"run record {record.get('id')!r} (schema 0) has param {dotted!r} that "
+                "collides with another param's path; fix the record by hand", dotted)
+        node[leaf] = codec.decode_value(value)
+    record["params"] = codec.encode_value(params)
+    return record
+
+
+# Functions that turn a record of schema version N into one of version N + 1.
+RECORD_UPGRADES = {0: _upgrade_0_to_1}
+
+
+# ---------------------------------------------------------------------------
 # Entities
 # ---------------------------------------------------------------------------
 
@@ -212,7 +249,12 @@ E = TypeVar("E", bound="Entity")
 
 @dataclass(kw_only=True)
 class Entity:
-    """Fields every entity shares."""
+    """Fields every entity shares.
+
+    `schema_version` is the version of the stored record the entity was read
+    from (SCHEMA_VERSION for a new entity), so `mltrail upgrade` can find
+    records to rewrite; `to_record` always writes the current layout.
+    """
 
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)
@@ -253,11 +295,13 @@ class Entity:
                 record[item.name] = value.value
             else:
                 record[item.name] = value
+        record["schema_version"] = SCHEMA_VERSION
         return record
 
     @classmethod
     def from_record(cls: type[E], record: dict[str, Any]) -> E:
         """Rebuild an entity from a stored record, upgrading older schema versions."""
+        stored_version = record.get("schema_version", 1)
         record = cls.upgrade_record(dict(record))
         values: dict[str, Any] = {}
         names = {item.name for item in dataclasses.fields(cls)}
@@ -267,18 +311,25 @@ class Entity:
             if value is not None and name in cls.json_fields:
                 value = codec.decode_value(value)
             values[name] = value
+        values["schema_version"] = stored_version
         return cls(**values)
 
     @classmethod
     def upgrade_record(cls, record: dict[str, Any]) -> dict[str, Any]:
         """Bring a record of an older schema version up to SCHEMA_VERSION."""
         version = record.get("schema_version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise InvalidInputError(
+                f"{cls.kind} record {record.get('id')!r} has schema version {version!r}; "
+                "expected an int >= 0", version)
         if version > SCHEMA_VERSION:
             raise InvalidInputError(
                 f"{cls.kind} record {record.get('id')!r} has schema version {version}, "
                 f"newer than this mltrail ({SCHEMA_VERSION}); upgrade mltrail",
                 version,
             )
+        for older in range(version, SCHEMA_VERSION):
+            record = RECORD_UPGRADES[older](cls.kind, record)
         record["schema_version"] = SCHEMA_VERSION
         return record
 
@@ -287,7 +338,8 @@ class Entity:
         now = utcnow()
         updated = max(now, self.updated_at)
         return dataclasses.replace(
-            self, **changes, updated_at=updated, revision=self.revision + 1
+            self, **changes, updated_at=updated, revision=self.revision + 1,
+            schema_version=SCHEMA_VERSION
         )
 
     def same_content(self, other: Entity) -> bool:

@@ -36,6 +36,7 @@ from mltrail.errors import (
     PermissionDeniedError,
 )
 from mltrail.lineage import LineageGraph, traverse
+from mltrail.ops.cold import MetricReader
 from mltrail.query.ast import Expr, fields_of
 from mltrail.query.evaluate import matches, resolve, MISSING
 from mltrail.query.paging import (
@@ -72,6 +73,9 @@ class Store:
         self.actor = actor or default_actor()
         self.policy = policy or OPEN_POLICY
         self.pseudonymizer = pseudonymizer or NO_PSEUDONYMS
+        # Metric reads go through this reader so archived histories (see
+        # mltrail.ops.archive) are merged back in; writes use the backend.
+        self.metric_reader = MetricReader(backend)
 
     # ------------------------------------------------------------------
     # plumbing
@@ -547,7 +551,7 @@ class Store:
             self.get_run(run_id)
         start_at = None if start is None else to_utc(start, "start")
         end_at = None if end is None else to_utc(end, "end")
-        points = self.backend.metrics.history(
+        points = self.metric_reader.history(
             run_id, key, min_step=min_step, max_step=max_step, start=start_at, end=end_at
         )
         if max_points is None:
@@ -561,9 +565,9 @@ class Store:
 
     def _step_span(self, run_id: str, key: str, min_step: int | None,
                    max_step: int | None) -> tuple[int, int]:
-        first = next(self.backend.metrics.history(run_id, key, min_step=min_step,
-                                                  max_step=max_step), None)
-        latest = self.backend.metrics.latest([run_id], [key]).get(run_id, {}).get(key)
+        first = next(self.metric_reader.history(run_id, key, min_step=min_step,
+                                                max_step=max_step), None)
+        latest = self.metric_reader.latest_of(run_id, [key]).get(key)
         low = first.step if first else 0
         high = latest.step if latest else low
         if max_step is not None:
@@ -573,10 +577,10 @@ class Store:
     def latest_metrics(self, run_id: str) -> dict[str, MetricPoint]:
         if self.policy.enabled:
             self.get_run(run_id)
-        return self.backend.metrics.latest([run_id]).get(run_id, {})
+        return self.metric_reader.latest_of(run_id)
 
     def metric_keys(self, run_id: str) -> list[str]:
-        return self.backend.metrics.keys(run_id)
+        return self.metric_reader.keys(run_id)
 
     # ------------------------------------------------------------------
     # datasets
@@ -1012,7 +1016,7 @@ class Store:
 
     def _run_view_factory(self, expr, include_deleted, needs_metrics):
         def views(runs: list[Run]) -> list[tuple[Run, dict | None]]:
-            latest = self.backend.metrics.latest([r.id for r in runs]) \
+            latest = self.metric_reader.latest(runs) \
                 if needs_metrics else {}
             result = []
             for run in runs:
@@ -1066,7 +1070,7 @@ class Store:
         combined = f"({filter}) and {field} exists" if filter else f"{field} exists"
         page = self.search_runs(combined, experiment_ids=experiment_ids,
                                 order_by=[f"{field} {direction}"], page_size=k)
-        latest = self.backend.metrics.latest([r.id for r in page.items], [metric])
+        latest = self.metric_reader.latest(page.items, [metric])
         return [(run, latest[run.id][metric].value) for run in page.items]
 
     def aggregate(
@@ -1090,7 +1094,7 @@ class Store:
         groups: dict[str, GroupStats] = {}
         runs = self.iter_runs(filter, experiment_ids=experiment_ids)
         for batch in chunked(runs, 500):
-            latest = self.backend.metrics.latest([r.id for r in batch], [metric])
+            latest = self.metric_reader.latest(batch, [metric])
             for run in batch:
                 point = latest.get(run.id, {}).get(metric)
                 if point is None:
@@ -1106,7 +1110,7 @@ class Store:
     def compare_runs(self, run_ids: Sequence[str]) -> dict[str, Any]:
         """Return params and latest metrics of several runs side by side."""
         runs = [self.backend.runs.get(run_id) for run_id in run_ids]
-        latest = self.backend.metrics.latest([r.id for r in runs])
+        latest = self.metric_reader.latest(runs)
         param_keys = sorted({codec.join_path(p) for r in runs for p in r.params_flat})
         metric_keys = sorted({k for r in runs for k in latest.get(r.id, {})})
         return {

@@ -142,7 +142,8 @@ class OperationCases:
         import_archive(target, tmp_path / "a.mltrail")
         again = import_archive(target, tmp_path / "a.mltrail")
         assert again.ok
-        assert all(c.added == 0 for name, c in again.counts.items() if name != "metrics")
+        added = {name: c.added for name, c in again.counts.items() if name != "metrics"}
+        assert set(added.values()) == {0}
         assert diff_stores(store, target) == []
         assert target.verify_audit().ok
 
@@ -246,7 +247,8 @@ class OperationCases:
             for step in range(3_500)])
         before = _reads(store, run.id)
         archive_metrics(store, status="completed")
-        sizes = [json_size(record) for _, record in store.backend.blobs.scan(BLOB_NAMESPACE)]
+        records = store.backend.blobs.scan(BLOB_NAMESPACE)
+        sizes = [json_size(record) for _, record in records]
         assert max(sizes) <= MAX_RECORD_BYTES
         archive = BlobSegmentStore(store.backend.blobs)
         descriptors = read_descriptors(archive, read_head(archive, run.id))
@@ -333,7 +335,8 @@ class OperationCases:
 
     def test_old_record_upgraded_on_read(self, store, mltrail_harness):
         experiment = store.create_experiment("old")
-        mltrail_harness.raw_write(store.backend, "run", _schema0_run(experiment.id, "1"))
+        record = _schema0_run(experiment.id, "1")
+        mltrail_harness.raw_write(store.backend, "run", record)
         run = store.get_run(_run_id("1"))
         assert run.schema_version == 0
         assert run.namespace == "default"
@@ -341,7 +344,8 @@ class OperationCases:
 
     def test_upgrade_rewrites_record(self, store, mltrail_harness):
         experiment = store.create_experiment("old")
-        mltrail_harness.raw_write(store.backend, "run", _schema0_run(experiment.id, "1"))
+        record = _schema0_run(experiment.id, "1")
+        mltrail_harness.raw_write(store.backend, "run", record)
         report = upgrade(store)
         assert report.upgraded["run"] == 1
         raw = mltrail_harness.raw_read(store.backend, "run", _run_id("1"))

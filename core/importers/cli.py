@@ -114,8 +114,7 @@ def _run(ctx: click.Context, quiet: bool, action: Any) -> None:
 
 
 @click.command("import")
-@click.argument("source_format", metavar="FORMAT", type=click.Choice(FORMATS))
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.argument("arguments", metavar="[FORMAT] PATH", nargs=-1, required=True)
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -129,13 +128,26 @@ def _run(ctx: click.Context, quiet: bool, action: Any) -> None:
 )
 @click.pass_context
 def import_command(
-    ctx: click.Context, source_format: str, path: Path, dry_run: bool, quiet: bool
+    ctx: click.Context, arguments: tuple[str, ...], dry_run: bool, quiet: bool
 ) -> None:
-    """Import FORMAT data under PATH: mlflow, sacred, lightning, dvc or openlineage.
+    """Import PATH: an mltrail archive, or FORMAT data (mlflow, sacred, lightning,
+    dvc or openlineage).
 
-    Importing again adds nothing: ids derive from the source's ids. Links that
-    lead outside PATH are skipped and listed in the summary.
+    With one argument, PATH is an archive written by `mltrail export` and is
+    restored as it is, ids and audit chain included. Importing again adds
+    nothing: ids derive from the source's ids. Links that lead outside PATH
+    are skipped and listed in the summary.
     """
+    source_format, path = _format_and_path(arguments)
+    if source_format == "archive":
+        if dry_run:
+            raise click.UsageError("--dry-run is not available for archives; "
+                                   "`mltrail import` of an archive checks every "
+                                   "checksum before it writes anything")
+        from mltrail.ops.cli import restore_command
+
+        ctx.invoke(restore_command, path=path, quiet=quiet)
+        return
 
     def action(context: _Context, progress: ProgressCallback | None) -> ImportSummary:
         return import_path(
@@ -150,15 +162,38 @@ def import_command(
     _run(ctx, quiet, action)
 
 
+def _format_and_path(arguments: tuple[str, ...]) -> tuple[str, Path]:
+    if len(arguments) == 1:
+        source_format, text = "archive", arguments[0]
+    elif len(arguments) == 2:
+        source_format, text = arguments
+    else:
+        raise click.UsageError(f"expected [FORMAT] PATH, got {len(arguments)} arguments")
+    known = ("archive", *FORMATS)
+    if source_format not in known:
+        raise click.UsageError(f"unknown import format {source_format!r}; expected one "
+                               f"of {', '.join(known)}")
+    path = Path(text)
+    if not path.exists():
+        raise click.UsageError(f"path {text!r} does not exist")
+    return source_format, path
+
+
 @click.command("export")
 @click.option(
     "--format",
     "target_format",
-    type=click.Choice(EXPORT_FORMATS),
-    required=True,
-    help="Layout to write; mlflow writes an MLflow file store.",
+    type=click.Choice(("archive", *EXPORT_FORMATS)),
+    default="archive",
+    show_default=True,
+    help="archive writes a portable mltrail archive file; mlflow writes an MLflow "
+    "file store folder.",
 )
 @click.argument("path", type=click.Path(path_type=Path))
+@click.option("--filter", "filter_text", metavar="EXPR",
+              help="Archive only the runs matching this filter, with what they need.")
+@click.option("--experiment", "experiments", multiple=True, metavar="NAME_OR_ID",
+              help="Archive only these experiments; repeat for several.")
 @click.option(
     "--quiet",
     "-q",
@@ -167,13 +202,24 @@ def import_command(
 )
 @click.pass_context
 def export_command(
-    ctx: click.Context, target_format: str, path: Path, quiet: bool
+    ctx: click.Context, target_format: str, path: Path, filter_text: str | None,
+    experiments: tuple[str, ...], quiet: bool
 ) -> None:
-    """Write the store's experiments, runs and models under PATH, a new or empty folder.
+    """Write the store to PATH as an mltrail archive, or as an MLflow file store.
 
-    Open the result with MLflow, e.g. `mlflow ui --backend-store-uri PATH`;
-    recent MLflow 3 releases open file stores only with MLFLOW_ALLOW_FILE_STORE=true.
+    An archive has a manifest with SHA-256 checksums and restores into any
+    backend with `mltrail import PATH`. For MLflow, open the result with e.g.
+    `mlflow ui --backend-store-uri PATH`; recent MLflow 3 releases open file
+    stores only with MLFLOW_ALLOW_FILE_STORE=true.
     """
+    if target_format == "archive":
+        from mltrail.ops.cli import backup_command
+
+        ctx.invoke(backup_command, path=path, filter_text=filter_text,
+                   experiments=experiments, quiet=quiet)
+        return
+    if filter_text or experiments:
+        raise click.UsageError("--filter and --experiment apply to --format archive only")
 
     def action(context: _Context, progress: ProgressCallback | None) -> ImportSummary:
         return export_mlflow(
