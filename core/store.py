@@ -37,8 +37,8 @@ from mltrail.errors import (
 )
 from mltrail.lineage import LineageGraph, traverse
 from mltrail.ops.cold import MetricReader
-from mltrail.query.ast import Expr, fields_of
-from mltrail.query.evaluate import matches, resolve, MISSING
+from mltrail.query.ast import And, Exists, Expr, fields_of
+from mltrail.query.evaluate import MISSING, matches, resolve, sort_value
 from mltrail.query.paging import (
     Page, decode_token, fingerprint, page_of, parse_order,
 )
@@ -1067,7 +1067,11 @@ class Store:
                                     mode)
         direction = "desc" if mode == "max" else "asc"
         field = f"metrics.{_quote_key(metric)}"
-        combined = f"({filter}) and {field} exists" if filter else f"{field} exists"
+        # Combine syntax trees, not text, so an error in `filter` reports its
+        # position within the caller's own text.
+        present = Exists(("metrics", metric))
+        user = parse_optional(filter) if isinstance(filter, str) else filter
+        combined = present if user is None else And((user, present))
         page = self.search_runs(combined, experiment_ids=experiment_ids,
                                 order_by=[f"{field} {direction}"], page_size=k)
         latest = self.metric_reader.latest(page.items, [metric])
@@ -1105,7 +1109,11 @@ class Store:
                     group = None if value is MISSING else value
                 label = codec.dumps(group)
                 groups.setdefault(label, GroupStats(group)).add(point.value)
-        return [groups[label].summary() for label in sorted(groups)]
+        # Groups sort like an ascending order key: numbers, strings, booleans,
+        # then runs without the field (group None).
+        ordered = sorted(groups.values(), key=lambda g: (
+            g.group is None, sort_value(g.group, False), codec.dumps(g.group)))
+        return [group.summary() for group in ordered]
 
     def compare_runs(self, run_ids: Sequence[str]) -> dict[str, Any]:
         """Return params and latest metrics of several runs side by side."""
