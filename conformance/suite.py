@@ -17,6 +17,7 @@ from __future__ import annotations
 from mltrail.conformance.cases.capabilities import BlobCases, CapabilityCases, ListingCases
 from mltrail.conformance.cases.concurrency import ConcurrencyCases
 from mltrail.conformance.cases.differential import DifferentialCases
+from mltrail.conformance.cases.discovery import DiscoveryCases
 from mltrail.conformance.cases.entities import EntityCases, RawHookCases
 from mltrail.conformance.cases.graph import AuditCases, LineageCases, ModelCases
 from mltrail.conformance.cases.lifecycle import (
@@ -33,6 +34,7 @@ CASE_CLASSES = (
     FilterCases, OrderCases, PaginationCases, TemplateCases, StatusCases, ParamCases,
     RetryCases, DeletionCases, ModelCases, LineageCases, AuditCases, ConcurrencyCases,
     DifferentialCases, CapabilityCases, BlobCases, ListingCases, OperationCases,
+    DiscoveryCases,
 )
 
 

@@ -71,6 +71,10 @@ LAZY_COMMANDS: dict[str, str] = {
     "conformance": "mltrail.conformance.cli:conformance_command",
     "archive": "mltrail.ops.cli:archive_command",
     "backup": "mltrail.ops.cli:backup_command",
+    "catalog": "mltrail.discovery.cli:catalog_command",
+    "compare-params": "mltrail.discovery.cli:compare_params_command",
+    "facets": "mltrail.discovery.cli:facets_command",
+    "stats": "mltrail.discovery.cli:stats_command",
     "export": "mltrail.importers.cli:export_command",
     "fsck": "mltrail.ops.cli:fsck_command",
     "import": "mltrail.importers.cli:import_command",
@@ -155,6 +159,28 @@ class MltrailGroup(click.Group):
         if command is not None or name not in LAZY_COMMANDS:
             return command
         return load_lazy_command(name, LAZY_COMMANDS[name])
+
+
+class LazyGroup(click.Group):
+    """A command group some of whose commands live in other modules.
+
+    `lazy_commands` maps a command name to "module:attribute"; the module is
+    imported only when that command is used.
+    """
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None or name not in self.lazy_commands:
+            return command
+        return load_lazy_command(name, self.lazy_commands[name])
 
 
 def load_lazy_command(name: str, target: str) -> click.Command:
@@ -773,9 +799,12 @@ def list_runs(state: CliState, filter_text: str | None,
         state.note(f"more runs match; next page: --page-token {page.next_page_token}")
 
 
-@main.group()
+@main.group(cls=LazyGroup, lazy_commands={
+    "same-config": "mltrail.discovery.cli:same_config_command",
+    "timeline": "mltrail.discovery.cli:timeline_command",
+})
 def runs() -> None:
-    """List, search, show, delete and restore runs."""
+    """List, search, show, delete and restore runs, and trace their history."""
 
 
 @runs.command("list")
@@ -1014,11 +1043,17 @@ def metrics_latest(state: CliState, run_id: str, output_format: str | None) -> N
 
 @main.command()
 @click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID RUN_ID...")
+@click.option("--params", "params_only", is_flag=True,
+              help="Diff the params of exactly two runs key by key, floats bit for bit.")
 @format_option
 @click.pass_obj
-def compare(state: CliState, run_ids: tuple[str, ...],
+def compare(state: CliState, run_ids: tuple[str, ...], params_only: bool,
             output_format: str | None) -> None:
     """Show params and latest metrics of several runs side by side."""
+    if params_only:
+        from mltrail.discovery.cli import print_param_comparison
+
+        return print_param_comparison(state, run_ids, output_format)
     if len(run_ids) < 2:
         raise click.UsageError(f"compare needs at least 2 run ids, got {len(run_ids)}")
     comparison = state.store().compare_runs(list(run_ids))

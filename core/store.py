@@ -340,7 +340,14 @@ class Store:
         _check_param_count(run.params)
         run = self._insert(self.backend.runs, run)
         self._record_run_lineage(run)
+        self._record_configuration(run)
         return run
+
+    def _record_configuration(self, run: Run) -> None:
+        """Index the run's whole param set by content hash for same-config lookups."""
+        from mltrail.discovery.configs import record_configuration
+
+        record_configuration(self, run)
 
     def _record_run_lineage(self, run: Run) -> None:
         self.backend.lineage.put_node(LineageNode(id=run.id, kind=NodeKind.RUN,
@@ -390,7 +397,9 @@ class Store:
             merged, changed = merge_params(run.id, run.params, new_params)
             return {"params": merged} if changed else None
 
-        return self._modify(self.backend.runs, run_id, change, "log_params")
+        run = self._modify(self.backend.runs, run_id, change, "log_params")
+        self._record_configuration(run)
+        return run
 
     def set_tags(self, kind: str, entity_id: str, tags: Mapping[str, str]) -> Entity:
         """Set tags on any entity; unlike params, tags may change."""
@@ -467,6 +476,9 @@ class Store:
         self.backend.metrics.delete_run(run.id)
         self.backend.lineage.delete_node(run.id)
         self.backend.runs.delete(run.id)
+        from mltrail.discovery.configs import forget_configuration
+
+        forget_configuration(self, run.id)
         self._audit("purge", "run", run.id, {"name": run.name})
 
     # ------------------------------------------------------------------
