@@ -62,4 +62,7 @@ def from_micros(micros: int) -> datetime:
 
 def isoformat(value: datetime) -> str:
     """Format as ISO 8601 in UTC with exactly six fractional digits and a `Z`."""
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # strftime's %Y does not pad years below 1000, and such text would neither
+    # parse back nor sort correctly.
+    utc = value.astimezone(timezone.utc)
+    return f"{utc.year:04d}" + utc.strftime("-%m-%dT%H:%M:%S.%fZ")
