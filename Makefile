@@ -15,7 +15,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml examples/jsondir-backend/pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[all,test,demo,emulators]'
+	$(PY) -m pip install --quiet -e '.[all,test,demo,emulators,bench]'
 	$(PY) -m pip install --quiet -e examples/jsondir-backend
 	touch $(STAMP)
 

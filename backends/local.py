@@ -6,8 +6,11 @@ Metric points are rows whose primary key is the history order (run, metric,
 step, timestamp, seq), so one B-tree serves both appends and ordered reads. A
 retried batch repeats step, timestamp and seq, so it replaces its own rows. A
 separate table holds the latest point per metric, so that lookup costs the
-same for ten points or a million. Everything goes through the standard
-library's sqlite3, with WAL journaling so several processes can write at once.
+same for ten points or a million. The leaves of each run's params and tags are
+also rows of `run_fields`, indexed by field and value, so a search narrows the
+runs in SQL before the core decodes and filters them. Everything goes through
+the standard library's sqlite3, with WAL journaling so several processes can
+write at once.
 
 URL: `local:///absolute/path/store.db`, or `local://relative/path.db`
 relative to the working directory; `~` is expanded.
@@ -25,6 +28,7 @@ import math
 import os
 import sqlite3
 import struct
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -32,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from mltrail import limits
+from mltrail import codec, limits
 from mltrail.backend import (
     INDEXED_FIELDS, AuditRepository, Backend, BlobRepository, Capabilities,
     EntityRepository, LineageRepository, MetricRepository, ScanRequest,
@@ -46,7 +50,7 @@ from mltrail.errors import (
     AlreadyExistsError, BackendUnavailableError, ConflictError, InvalidInputError,
     MltrailError, NotFoundError,
 )
-from mltrail.query.ast import Compare, In, conjuncts
+from mltrail.query.ast import Compare, Exists, In, conjuncts
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +83,14 @@ CREATE TABLE IF NOT EXISTS audit_events (
     seq INTEGER PRIMARY KEY, entity_id TEXT NOT NULL, doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_events_entity ON audit_events (entity_id, seq);
+CREATE TABLE IF NOT EXISTS run_fields (
+    run_id TEXT NOT NULL, field TEXT NOT NULL, value
+);
+CREATE INDEX IF NOT EXISTS run_fields_lookup ON run_fields (field, value, run_id);
+CREATE INDEX IF NOT EXISTS run_fields_run ON run_fields (run_id);
+CREATE TABLE IF NOT EXISTS store_meta (
+    key TEXT PRIMARY KEY, value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blobs (
     namespace TEXT NOT NULL, key TEXT NOT NULL, doc TEXT NOT NULL,
     PRIMARY KEY (namespace, key)
@@ -116,6 +128,7 @@ def _dumps(record: dict[str, Any]) -> str:
 
 
 _INFINITIES = (math.inf, -math.inf)
+_MAX_FLOAT = sys.float_info.max
 
 
 def _float_value(value: float | None, bits: str | None) -> float:
@@ -232,6 +245,7 @@ class LocalEntityRepository(EntityRepository):
         try:
             with self.db.write() as conn:
                 conn.execute(sql, values)
+                self._write_fields(conn, entity)
         except sqlite3.IntegrityError as error:
             if self.db.query(f"SELECT 1 FROM {self.table} WHERE id = ?", [entity.id]):
                 raise AlreadyExistsError(f"{self.kind} {entity.id!r} already exists",
@@ -278,6 +292,7 @@ class LocalEntityRepository(EntityRepository):
                 f"UPDATE {self.table} SET {assignments} WHERE id = ? AND revision = ? "
                 "AND uniq IS ?", params)
             if cursor.rowcount == 1:
+                self._write_fields(conn, entity, replace=True)
                 return
             row = conn.execute(f"SELECT revision, uniq FROM {self.table} WHERE id = ?",
                                [entity.id]).fetchone()
@@ -294,6 +309,19 @@ class LocalEntityRepository(EntityRepository):
     def delete(self, entity_id: str) -> None:
         with self.db.write() as conn:
             conn.execute(f"DELETE FROM {self.table} WHERE id = ?", [entity_id])
+            if self.table == "runs":
+                conn.execute("DELETE FROM run_fields WHERE run_id = ?", [entity_id])
+
+    def _write_fields(self, conn: sqlite3.Connection, entity: Entity,
+                      replace: bool = False) -> None:
+        """Index a run's params and tags in `run_fields` within the open transaction."""
+        if self.table != "runs":
+            return
+        if replace:
+            conn.execute("DELETE FROM run_fields WHERE run_id = ?", [entity.id])
+        conn.executemany(
+            "INSERT INTO run_fields (run_id, field, value) VALUES (?, ?, ?)",
+            _field_rows(entity))
 
     def scan(self, request: ScanRequest) -> Iterator[Entity]:
         where, params = self._pushdown(request)
@@ -341,6 +369,11 @@ class LocalEntityRepository(EntityRepository):
                     all(isinstance(v, str) for v in part.values):
                 clauses.append(f"{column} IN ({','.join('?' * len(part.values))})")
                 params.extend(part.values)
+        pushed = _run_ids_clause(conjuncts(request.filter)) if self.table == "runs" \
+            else None
+        if pushed is not None:
+            clauses.append(pushed[0])
+            params.extend(pushed[1])
         return clauses, params
 
 
@@ -377,38 +410,144 @@ def _keyset(order: list[tuple[str, bool]], after: tuple) -> tuple[str, list[Any]
     return "(" + " OR ".join(alternatives) + ")", params
 
 
+# ----------------------------------------------------------------------
+# run_fields: params and tags of runs, indexed for search pushdown
+# ----------------------------------------------------------------------
+
+# Each leaf of a run's params and tags is a row (run id, field, value). `field`
+# is the parent name and the leaf's key path joined by dots, such as
+# `params.optimizer.lr`. Keys that contain dots make some paths ambiguous, which
+# only adds candidates. `value` has no column affinity, so SQLite keeps each
+# value's own type: ints within int64 as INTEGER, other numbers as REAL, text as
+# TEXT, and booleans as a one-byte BLOB that equals no number or string. It is
+# NULL for values that no comparison with a number or string matches in the
+# core (None, lists, empty dicts, NaN) and for ints beyond int64, which SQLite
+# cannot hold exactly.
+FIELD_PARENTS = ("params", "tags")
+_FIELD_OPERATORS = frozenset({"=", "<", "<=", ">", ">="})
+_INT64 = (-2**63, 2**63 - 1)
+
+
+def _field_rows(run: Entity) -> list[tuple[str, str, Any]]:
+    rows = []
+    for parent in FIELD_PARENTS:
+        for path, leaf in codec.flatten(getattr(run, parent)):
+            rows.append((run.id, parent + "." + ".".join(path), _field_value(leaf)))
+    return rows
+
+
+def _field_value(leaf: Any) -> Any:
+    if isinstance(leaf, bool):
+        return b"\x01" if leaf else b"\x00"
+    if isinstance(leaf, int):
+        return leaf if _INT64[0] <= leaf <= _INT64[1] else None
+    if isinstance(leaf, float):
+        return None if leaf != leaf else leaf
+    if isinstance(leaf, str):
+        return leaf
+    return None
+
+
+def _decodable_field_rows(record: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """Return the `run_fields` rows of a stored run record, upgraded as on read.
+
+    A record that cannot be decoded gets none; reading it fails anyway.
+    """
+    try:
+        return _field_rows(Run.from_record(record))
+    except (MltrailError, KeyError, TypeError, ValueError):
+        logger.warning("run record %r cannot be decoded; its params and tags are not "
+                       "indexed for search", record.get("id"))
+        return []
+
+
+def _sql_literal(value: Any) -> Any:
+    """Return a filter literal as SQLite compares it, or None when not pushed down."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if _INT64[0] <= value <= _INT64[1] else None
+    if isinstance(value, float):
+        return None if value != value else value
+    return value if isinstance(value, str) else None
+
+
+def _field_condition(part: Any) -> tuple[str, list[Any]] | None:
+    """Translate one conjunct on params or tags into a query for candidate run ids.
+
+    The query returns every run the core's evaluator could accept: a number
+    literal also returns runs whose value is NULL (ints beyond int64 are stored
+    so), and `exists` returns runs with the field itself or any field below it.
+    Negations, `like`, booleans and NaN are left to the core.
+    """
+    field = getattr(part, "field", ())
+    if len(field) < 2 or field[0] not in FIELD_PARENTS:
+        return None
+    name = field[0] + "." + ".".join(field[1:])
+    select = "SELECT run_id FROM run_fields WHERE field = ?"
+    null = f"{select} AND value IS NULL"
+    if isinstance(part, Compare) and part.op in _FIELD_OPERATORS:
+        literal = _sql_literal(part.value)
+        if literal is None:
+            return None
+        if isinstance(literal, str):
+            return f"{select} AND value {part.op} ?", [name, literal]
+        return _union(f"{select} AND value {part.op} ?", null), [name, literal, name]
+    if isinstance(part, In) and not part.negated and part.values:
+        literals = [_sql_literal(value) for value in part.values]
+        if any(literal is None for literal in literals):
+            return None
+        listed = f"{select} AND value IN ({', '.join('?' * len(literals))})"
+        if all(isinstance(literal, str) for literal in literals):
+            return listed, [name, *literals]
+        return _union(listed, null), [name, *literals, name]
+    if isinstance(part, Exists) and not part.negated:
+        # Children of `a.b` sort between `a.b.` and `a.b/`, since '/' follows '.'.
+        below = "SELECT run_id FROM run_fields WHERE field > ? AND field < ?"
+        return _union(select, below), [name, name + ".", name + "/"]
+    return None
+
+
+def _union(first: str, second: str) -> str:
+    return f"SELECT run_id FROM ({first} UNION ALL {second})"
+
+
+def _run_ids_clause(parts: list[Any]) -> tuple[str, list[Any]] | None:
+    """Return `id IN (...)` over the intersection of each pushed-down conjunct's runs.
+
+    Intersecting the id lists first means only matching runs are read from the
+    runs table, whatever order SQLite picks for the lists.
+    """
+    queries: list[str] = []
+    params: list[Any] = []
+    for part in parts:
+        pushed = _field_condition(part)
+        if pushed is not None:
+            queries.append(pushed[0])
+            params.extend(pushed[1])
+    if not queries:
+        return None
+    return f"id IN ({' INTERSECT '.join(queries)})", params
+
 class LocalMetricRepository(MetricRepository):
     def __init__(self, db: _Database) -> None:
         self.db = db
 
     def append(self, run_id: str, points: Sequence[MetricPoint]) -> None:
-        rows = []
-        best: dict[str, tuple] = {}
-        for point in points:
-            value = point.value
-            bits = None
-            if value != value or value in _INFINITIES or \
-                    (value == 0.0 and math.copysign(1.0, value) < 0):
-                value, bits = None, struct.pack(">d", point.value).hex()
-            extra = point.extras()
-            row = (run_id, point.key, point.step, to_micros(point.timestamp), point.seq,
-                   value, bits, None if extra is None else _dumps(extra))
-            rows.append(row)
-            current = best.get(point.key)
-            if current is None or row[2:5] > current[2:5]:
-                best[point.key] = row
+        rows, keys = _point_rows(run_id, points)
         with self.db.write() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO metric_points (run_id, key, step, ts, seq, value, "
                 "bits, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            # The latest point of each key is read back from the history inside the
+            # same write transaction, so it is right whatever order batches from
+            # several processes arrive in. That costs one index seek per key.
             conn.executemany(
-                "INSERT INTO metric_latest (run_id, key, step, ts, seq, value, bits, extra) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, key) DO UPDATE SET "
-                "seq = excluded.seq, step = excluded.step, ts = excluded.ts, "
-                "value = excluded.value, bits = excluded.bits, extra = excluded.extra "
-                "WHERE (excluded.step, excluded.ts, excluded.seq) >= "
-                "(metric_latest.step, metric_latest.ts, metric_latest.seq)",
-                list(best.values()))
+                "INSERT OR REPLACE INTO metric_latest (run_id, key, seq, step, ts, "
+                "value, bits, extra) SELECT run_id, key, seq, step, ts, value, bits, "
+                "extra FROM metric_points WHERE run_id = ? AND key = ? "
+                "ORDER BY step DESC, ts DESC, seq DESC LIMIT 1",
+                [(run_id, key) for key in keys])
 
     def history(self, run_id, key, *, min_step=None, max_step=None, start=None,
                 end=None) -> Iterator[MetricPoint]:
@@ -465,6 +604,33 @@ class LocalMetricRepository(MetricRepository):
         rows = self.db.query("SELECT DISTINCT run_id FROM metric_latest ORDER BY run_id")
         for (run_id,) in rows:
             yield run_id
+
+
+def _point_rows(run_id: str, points: Sequence[MetricPoint]) -> tuple[list[tuple], dict]:
+    """Return the metric_points rows of `points` and their keys in first-seen order.
+
+    Points that share one timestamp object (a series, or `log_metrics`) convert
+    it to microseconds once.
+    """
+    rows = []
+    keys: dict[str, None] = {}
+    last_stamp = None
+    micros = 0
+    for point in points:
+        value = point.value
+        bits = None
+        if not (-_MAX_FLOAT <= value <= _MAX_FLOAT and value != 0.0):
+            if value != value or value in _INFINITIES or math.copysign(1.0, value) < 0:
+                value, bits = None, struct.pack(">d", value).hex()
+        stamp = point.timestamp
+        if stamp is not last_stamp:
+            micros = to_micros(stamp)
+            last_stamp = stamp
+        extra = _dumps(point.extras()) if point.has_extras() else None
+        key = point.key
+        keys[key] = None
+        rows.append((run_id, key, point.step, micros, point.seq, value, bits, extra))
+    return rows, keys
 
 
 def _point(run_id: str, key: str, row: Sequence[Any]) -> MetricPoint:
@@ -639,7 +805,10 @@ class LocalBackend(Backend):
     def capabilities(self) -> Capabilities:
         return Capabilities(
             name="local",
-            pushdown_operators=frozenset({"=", "in", "and"}),
+            # `=` and `in` on indexed fields; these and the order comparisons and
+            # `exists` on params and tags of runs (see `run_fields`).
+            pushdown_operators=frozenset({"=", "in", "and", "<", "<=", ">", ">=",
+                                          "exists"}),
             native_order_fields=NATIVE_ORDER_FIELDS,
             transactions=True,
             conditional_writes=True,
@@ -673,7 +842,29 @@ class LocalBackend(Backend):
             raise BackendUnavailableError(
                 f"{str(self.path)!r} is not a usable mltrail store: {error}",
                 str(self.path)) from error
+        self._index_run_fields()
         self._initialized = True
+
+    def _index_run_fields(self) -> None:
+        """Fill `run_fields` once for a store written before that table existed.
+
+        NOTE: runs that an older mltrail writes into this file later get no
+        `run_fields` rows, so searches that filter on their params or tags miss
+        them until `run_fields` is rebuilt (delete its `store_meta` row).
+        """
+        done = "SELECT 1 FROM store_meta WHERE key = 'run_fields'"
+        if self.db.query(done):
+            return
+        with self.db.write() as conn:
+            if conn.execute(done).fetchone():
+                return
+            conn.execute("DELETE FROM run_fields")
+            for (doc,) in conn.execute("SELECT doc FROM runs"):
+                conn.executemany(
+                    "INSERT INTO run_fields (run_id, field, value) VALUES (?, ?, ?)",
+                    _decodable_field_rows(json.loads(doc)))
+            conn.execute(
+                "INSERT INTO store_meta (key, value) VALUES ('run_fields', '1')")
 
     def close(self) -> None:
         self.db.close()
@@ -744,5 +935,10 @@ class LocalConformanceHarness:
             conn.execute(
                 f"INSERT OR REPLACE INTO {self._table(kind)} ({', '.join(columns)}) "
                 f"VALUES ({', '.join('?' * len(columns))})", values)
+            if kind == "run":
+                conn.execute("DELETE FROM run_fields WHERE run_id = ?", [record["id"]])
+                conn.executemany(
+                    "INSERT INTO run_fields (run_id, field, value) VALUES (?, ?, ?)",
+                    _decodable_field_rows(record))
         finally:
             conn.close()

@@ -17,31 +17,45 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
 import sys
+import time
 import traceback
-from datetime import datetime
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from mltrail import codec
-from mltrail.clock import new_id, utcnow
+from mltrail.clock import new_id, to_utc, utcnow
 from mltrail.access import AccessPolicy
 from mltrail.config import Config, load_config
 from mltrail.domain import (
-    DEFAULT_NAMESPACE, Dataset, MetricPoint, ModelVersion, Run, RunStatus,
+    DEFAULT_NAMESPACE, Dataset, MetricPoint, ModelVersion, Run, RunStatus, check_float,
+    check_key, check_step,
 )
 from mltrail.errors import InvalidInputError
+from mltrail.limits import MAX_METRIC_BATCH, MAX_STEP
 from mltrail.pseudonym import Pseudonymizer
 from mltrail.registry import open_backend
 from mltrail.store import Store
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FLUSH_SIZE = 1_000
+# A buffered run writes its points when this many are buffered, or at the first
+# point logged after the oldest buffered one is DEFAULT_FLUSH_SECONDS old, so big
+# batches do not delay what readers see by more than that.
+DEFAULT_FLUSH_SIZE = 10_000
+DEFAULT_FLUSH_SECONDS = 5.0
+# Bound on the per-run cache of metric keys that passed validation.
+MAX_CHECKED_KEYS = 10_000
+# The index part of a point's seq for the first MAX_METRIC_BATCH positions of
+# a batch, zero-padded to ten digits so text order matches index order for any
+# batch size. Looking it up is cheaper than formatting it for every point.
+_SEQ_SUFFIXES = [f"{index:010d}" for index in range(MAX_METRIC_BATCH)]
 
 
 def connect(url: str | None = None, *, actor: str | None = None,
@@ -177,13 +191,24 @@ class ActiveRun:
     """A run being recorded; use it as a context manager (see the module docstring)."""
 
     def __init__(self, store: Store, run: Run, *, flush_size: int = DEFAULT_FLUSH_SIZE,
+                 flush_seconds: float = DEFAULT_FLUSH_SECONDS,
                  manage_status: bool = True) -> None:
         self.store = store
         self.run = run
         self.flush_size = flush_size
+        self.flush_seconds = flush_seconds
+        self._flush_at = math.inf
         self.manage_status = manage_status
+        self._run_id = run.id
         self._buffer: list[MetricPoint] = []
+        self._new_batch()
+        # Metric keys that already passed `check_key`, so a training loop that
+        # logs the same few keys checks each of them once.
+        self._checked_keys: set[str] = set()
+
+    def _new_batch(self) -> None:
         self._batch_id = new_id()
+        self._seq_prefix = self._batch_id + ":"
 
     @property
     def id(self) -> str:
@@ -225,19 +250,133 @@ class ActiveRun:
 
     def log_metric(self, key: str, value: float, step: int = 0,
                    timestamp: datetime | None = None, **extra: Any) -> None:
-        """Validate and buffer one metric point; it is written at the next flush."""
+        """Validate and buffer one metric point; it is written at the next flush.
+
+        The checks are those of `MetricPoint.validate`. A point with a known key,
+        a float value, an int step and no optional fields takes an inlined copy
+        of its fast path. Any other point goes through `validate` itself.
+        """
         buffer = self._buffer
-        point = MetricPoint(run_id=self.run.id, key=key, value=value, step=step,
-                            timestamp=timestamp or utcnow(),
-                            seq=f"{self._batch_id}:{len(buffer):06d}", **extra)
-        buffer.append(point.validate())
-        if len(buffer) >= self.flush_size:
+        index = len(buffer)
+        if extra or type(value) is not float or type(step) is not int \
+                or not 0 <= step <= MAX_STEP or type(key) is not str \
+                or key not in self._checked_keys \
+                or timestamp is not None and (type(timestamp) is not datetime
+                                              or timestamp.tzinfo is not timezone.utc):
+            point = MetricPoint(run_id=self._run_id, key=key, value=value, step=step,
+                                timestamp=timestamp or utcnow(),
+                                seq=self._seq_prefix + _seq_suffix(index), **extra)
+            point.validate()
+            self._remember_key(point.key)
+        else:
+            point = MetricPoint(run_id=self._run_id, key=key, value=value, step=step,
+                                timestamp=timestamp or datetime.now(timezone.utc),
+                                seq=self._seq_prefix + _seq_suffix(index))
+        buffer.append(point)
+        now = time.monotonic()
+        if index == 0:
+            self._flush_at = now + self.flush_seconds
+        if index + 1 >= self.flush_size or now >= self._flush_at:
             self.flush()
+
+    def _flush_if_due(self, first_index: int) -> None:
+        """Flush after points were buffered from position `first_index` on, if due."""
+        now = time.monotonic()
+        if first_index == 0 and self._buffer:
+            self._flush_at = now + self.flush_seconds
+        if len(self._buffer) >= self.flush_size or now >= self._flush_at:
+            self.flush()
+
+    def _remember_key(self, key: str) -> None:
+        if len(self._checked_keys) >= MAX_CHECKED_KEYS:
+            self._checked_keys.clear()
+        self._checked_keys.add(key)
 
     def log_metrics(self, values: Mapping[str, float], step: int = 0,
                     timestamp: datetime | None = None, **extra: Any) -> None:
+        """Buffer one point per key; without `timestamp` they share the current time."""
+        if timestamp is None:
+            timestamp = utcnow()
         for key, value in values.items():
             self.log_metric(key, value, step, timestamp, **extra)
+
+    def log_metric_series(self, key: str, values: Sequence[float] | Any,
+                          steps: Sequence[int] | Any | None = None,
+                          timestamps: Sequence[datetime] | datetime | None = None,
+                          **extra: Any) -> int:
+        """Validate and buffer a whole series of one metric; return its length.
+
+        `values` is a sequence of numbers or a one-dimensional array (anything
+        with `tolist`, such as a numpy array). `steps` defaults to 0, 1, 2, ...;
+        `timestamps` is one time for every point, a sequence with one time per
+        point, or None for the current time. Optional fields in `extra` (unit,
+        split, ...) apply to every point. Every point is validated before any is
+        buffered, so an invalid element rejects the whole series.
+        """
+        values = _as_list(values, "values")
+        count = len(values)
+        steps = list(range(count)) if steps is None else _as_list(steps, "steps")
+        if len(steps) != count:
+            raise InvalidInputError(
+                f"metric {key!r} has {count} values but {len(steps)} steps", len(steps))
+        stamps = self._series_timestamps(key, timestamps, count)
+        check_key(key, "metric key")
+        values = _checked_values(key, values)
+        _check_steps(steps)
+        shared = _series_time(timestamps) if stamps is None else None
+        if extra or stamps is not None:
+            return self._buffer_points(key, values, steps, stamps or [shared] * count,
+                                       extra)
+        return self._buffer_plain_series(key, values, steps, shared)
+
+    @staticmethod
+    def _series_timestamps(key: str, timestamps: Any, count: int) -> list | None:
+        """Return one UTC time per point, or None when one time serves them all."""
+        if timestamps is None or isinstance(timestamps, (datetime, str)):
+            return None
+        stamps = [to_utc(stamp, "timestamp") for stamp in _as_list(timestamps,
+                                                                   "timestamps")]
+        if len(stamps) != count:
+            raise InvalidInputError(
+                f"metric {key!r} has {count} values but {len(stamps)} timestamps",
+                len(stamps))
+        return stamps
+
+    def _buffer_plain_series(self, key: str, values: list[float], steps: list[int],
+                             stamp: datetime) -> int:
+        """Buffer already validated points that share one timestamp and no extras."""
+        run_id = self._run_id
+        position = 0
+        while position < len(values):
+            buffer = self._buffer
+            start = len(buffer)
+            room = max(1, self.flush_size - start)
+            end = min(len(values), position + room)
+            prefix = self._seq_prefix
+            buffer.extend(
+                MetricPoint(run_id=run_id, key=key, value=value, step=step,
+                            timestamp=stamp, seq=prefix + _seq_suffix(index))
+                for index, value, step in zip(range(start, start + end - position),
+                                              values[position:end],
+                                              steps[position:end]))
+            position = end
+            self._flush_if_due(start)
+        self._remember_key(key)
+        return len(values)
+
+    def _buffer_points(self, key: str, values: list[float], steps: list[int],
+                       stamps: list[datetime], extra: dict[str, Any]) -> int:
+        """Buffer a series with per-point times or optional fields, validating each."""
+        points = [MetricPoint(run_id=self._run_id, key=key, value=value, step=step,
+                              timestamp=stamp, **extra).validate()
+                  for value, step, stamp in zip(values, steps, stamps)]
+        for point in points:
+            start = len(self._buffer)
+            point.seq = self._seq_prefix + _seq_suffix(start)
+            self._buffer.append(point)
+            self._flush_if_due(start)
+        self._remember_key(key)
+        return len(points)
 
     def flush(self) -> None:
         """Write buffered metric points as one batch."""
@@ -246,9 +385,10 @@ class ActiveRun:
         batch = self._buffer
         # The batch keeps its id until it is written, so a flush retried after a
         # failure overwrites whatever part of it reached the store.
-        self.store.append_prepared_points(self.run.id, batch)
+        self.store.append_prepared_points(self._run_id, batch)
         self._buffer = []
-        self._batch_id = new_id()
+        self._flush_at = math.inf
+        self._new_batch()
 
     def log_artifact(self, name: str, uri: str) -> None:
         self.run = self.store.log_artifact(self.run.id, name, uri)
@@ -301,6 +441,45 @@ class ActiveRun:
         )
 
 
+def _seq_suffix(index: int) -> str:
+    """Return the zero-padded position that follows the batch id in a point's seq."""
+    try:
+        return _SEQ_SUFFIXES[index]
+    except IndexError:
+        return f"{index:010d}"
+
+
+def _as_list(values: Any, what: str) -> list:
+    """Copy a sequence or a one-dimensional array (via its `tolist`) into a list."""
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise InvalidInputError(f"{what} must be a sequence, got {values!r}", values)
+    return list(values)
+
+
+def _checked_values(key: str, values: list) -> list[float]:
+    """Return the values as floats; raise InvalidInputError for any other type."""
+    if set(map(type, values)) <= {float}:
+        return values
+    what = f"metric {key!r} value"
+    return [value if type(value) is float else check_float(value, what)
+            for value in values]
+
+
+def _check_steps(steps: list) -> None:
+    """Raise InvalidInputError unless every step is an int from 0 to MAX_STEP."""
+    if not steps:
+        return
+    if not set(map(type, steps)) <= {int} or min(steps) < 0 or max(steps) > MAX_STEP:
+        for step in steps:
+            check_step(step)
+
+
+def _series_time(timestamp: datetime | str | None) -> datetime:
+    return utcnow() if timestamp is None else to_utc(timestamp, "timestamp")
+
+
 def start_run(
     store: Store,
     experiment: str,
@@ -317,6 +496,7 @@ def start_run(
     capture_env: bool = True,
     capture_code: bool = True,
     flush_size: int = DEFAULT_FLUSH_SIZE,
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     id: str | None = None,
 ) -> ActiveRun:
     """Create a run in `experiment` (an id or name, created when missing).
@@ -333,6 +513,11 @@ def start_run(
     dataset_ids = [d.id if isinstance(d, Dataset) else d for d in datasets]
     if flush_size < 1:
         raise InvalidInputError(f"flush_size must be >= 1, got {flush_size!r}", flush_size)
+    if isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float)) \
+            or not flush_seconds >= 0:
+        raise InvalidInputError(
+            f"flush_seconds must be a number of seconds >= 0, got {flush_seconds!r}",
+            flush_seconds)
     run = store.create_run(
         target.id, name=name, params=params, tags=tags, parent_run_id=parent,
         trainer=trainer or store.actor, resources=resources,
@@ -340,7 +525,7 @@ def start_run(
         seeds=seeds, code_version=capture_git(_script_dir()) if capture_code else {},
         dataset_ids=dataset_ids, id=id,
     )
-    return ActiveRun(store, run, flush_size=flush_size)
+    return ActiveRun(store, run, flush_size=flush_size, flush_seconds=flush_seconds)
 
 
 def _script_dir() -> str:

@@ -535,7 +535,7 @@ class Store:
             raise InvalidInputError(
                 f"metric point for run {fields.get('run_id')!r} sent to run {run_id!r}",
                 fields.get("run_id"))
-        fields["seq"] = f"{batch_id}:{index:06d}"
+        fields["seq"] = f"{batch_id}:{index:010d}"
         try:
             copy = MetricPoint(**fields)
         except TypeError as error:

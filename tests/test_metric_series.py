@@ -1,0 +1,142 @@
+import math
+import struct
+from datetime import datetime, timedelta, timezone
+
+import mltrail
+import pytest
+from mltrail.errors import InvalidInputError
+
+
+@pytest.fixture
+def store():
+    return mltrail.connect("memory://")
+
+
+def _bits(value):
+    return struct.pack(">d", value)
+
+
+def _history(store, run_id, key):
+    return list(store.metric_history(run_id, key))
+
+
+def test_series_values_bit_exact(store):
+    values = [0.1, -0.0, math.nan, math.inf, -math.inf, 5e-324, 1.7976931348623157e308]
+    with mltrail.start_run(store, "exp") as run:
+        assert run.log_metric_series("m", values) == len(values)
+    points = _history(store, run.id, "m")
+    assert [p.step for p in points] == list(range(len(values)))
+    assert [_bits(p.value) for p in points] == [_bits(v) for v in values]
+
+
+def test_series_steps_and_int_values(store):
+    with mltrail.start_run(store, "exp") as run:
+        run.log_metric_series("m", [1, 2, 3], steps=[10, 20, 30])
+    points = _history(store, run.id, "m")
+    assert [(p.step, p.value) for p in points] == [(10, 1.0), (20, 2.0), (30, 3.0)]
+    assert all(type(p.value) is float for p in points)
+
+
+def test_series_accepts_numpy_arrays(store):
+    numpy = pytest.importorskip("numpy")
+    with mltrail.start_run(store, "exp") as run:
+        run.log_metric_series("m", numpy.array([0.5, 0.25]), steps=numpy.array([3, 4]))
+    assert [(p.step, p.value) for p in _history(store, run.id, "m")] == [
+        (3, 0.5),
+        (4, 0.25),
+    ]
+
+
+@pytest.mark.parametrize(
+    "values, steps",
+    [
+        ([1.0, "high"], None),
+        ([1.0, True], None),
+        ([1.0, 2.0], [0, -1]),
+        ([1.0, 2.0], [0, True]),
+        ([1.0, 2.0], [0, 2**63]),
+        ([1.0, 2.0], [0]),
+        ("12", None),
+        (2**53 + 1, None),
+    ],
+)
+def test_series_invalid_element_rejects_all(store, values, steps):
+    with mltrail.start_run(store, "exp", flush_size=1) as run:
+        with pytest.raises(InvalidInputError):
+            run.log_metric_series("m", values, steps=steps)
+    assert _history(store, run.id, "m") == []
+
+
+def test_series_invalid_key_rejected(store):
+    with mltrail.start_run(store, "exp") as run:
+        for key in ("", "k" * 251, "a\x00b", 7):
+            with pytest.raises(InvalidInputError):
+                run.log_metric_series(key, [1.0])
+
+
+def test_series_timestamps_per_point(store):
+    base = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    stamps = [base + timedelta(seconds=i) for i in range(3)]
+    with mltrail.start_run(store, "exp") as run:
+        run.log_metric_series("m", [1.0, 2.0, 3.0], timestamps=stamps)
+        with pytest.raises(InvalidInputError):
+            run.log_metric_series("m", [1.0, 2.0], timestamps=stamps)
+    assert [p.timestamp for p in _history(store, run.id, "m")] == stamps
+
+
+def test_series_one_timestamp_and_extras(store):
+    stamp = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    with mltrail.start_run(store, "exp") as run:
+        run.log_metric_series("m", [1.0, 2.0], timestamps=stamp, unit="s", split="val")
+    points = _history(store, run.id, "m")
+    assert {p.timestamp for p in points} == {stamp}
+    assert {(p.unit, p.split) for p in points} == {("s", "val")}
+
+
+def test_series_longer_than_flush_size(store):
+    with mltrail.start_run(store, "exp", flush_size=7) as run:
+        run.log_metric_series("m", [float(i) for i in range(50)])
+        assert len(_history(store, run.id, "m")) == 49
+    points = _history(store, run.id, "m")
+    assert [p.value for p in points] == [float(i) for i in range(50)]
+    assert len({p.seq for p in points}) == 50
+
+
+def test_known_key_still_validates_value(store):
+    with mltrail.start_run(store, "exp") as run:
+        run.log_metric("loss", 0.5)
+        for value in ("high", None, True, [1.0]):
+            with pytest.raises(InvalidInputError):
+                run.log_metric("loss", value)
+        with pytest.raises(InvalidInputError):
+            run.log_metric("loss", 0.5, step=-1)
+        with pytest.raises(InvalidInputError):
+            run.log_metric(["loss"], 0.5)
+    assert [p.value for p in _history(store, run.id, "loss")] == [0.5]
+
+
+def test_flush_seconds_zero_writes_each_point(store):
+    with mltrail.start_run(store, "exp", flush_seconds=0) as run:
+        run.log_metric("m", 1.0)
+        assert len(_history(store, run.id, "m")) == 1
+        run.log_metric("m", 2.0, step=1)
+        assert len(_history(store, run.id, "m")) == 2
+
+
+def test_flush_seconds_rejects_bad_values(store):
+    for bad in (-1, math.nan, "5", True):
+        with pytest.raises(InvalidInputError):
+            mltrail.start_run(store, "exp", flush_seconds=bad)
+
+
+def test_flush_size_one_writes_each_point(store):
+    with mltrail.start_run(store, "exp", flush_size=1) as run:
+        run.log_metric("m", 1.0)
+        assert len(_history(store, run.id, "m")) == 1
+
+
+def test_log_metrics_share_one_timestamp(store):
+    with mltrail.start_run(store, "exp") as run:
+        run.log_metrics({"a": 1.0, "b": 2.0}, step=3)
+    stamps = {p.timestamp for key in ("a", "b") for p in _history(store, run.id, key)}
+    assert len(stamps) == 1
