@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Store servers that `make test` starts; set EMULATORS= to run without them.
-EMULATORS ?= firestore mongodb cassandra
+EMULATORS ?= dynamodb firestore mongodb cassandra
 
 .PHONY: demo test install bench bench-quick clean
 

@@ -1,0 +1,515 @@
+"""Unit tests of the DynamoDB backend: URLs, credentials, encodings, errors, layout.
+
+Tests that need a store run against the server in $MLTRAIL_TEST_DYNAMODB_URL
+(`python -m mltrail.conformance.emulators up dynamodb` prints one) and are
+skipped without it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import struct
+import sys
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from mltrail.backends import dynamodb
+from mltrail.backends.dynamodb import DynamoDBBackend, DynamoDBConfig
+from mltrail.errors import (
+    AlreadyExistsError, BackendUnavailableError, ConflictError, InvalidInputError,
+    MltrailError, NotFoundError,
+)
+
+URL_ENV = "MLTRAIL_TEST_DYNAMODB_URL"
+EMULATOR_URL = os.environ.get(URL_ENV)
+needs_emulator = pytest.mark.skipif(
+    not EMULATOR_URL, reason=f"no DynamoDB store: set ${URL_ENV}, for example to the "
+    "URL printed by `python -m mltrail.conformance.emulators up dynamodb`")
+
+boto3 = pytest.importorskip("boto3")
+import botocore.exceptions  # noqa: E402  (after the skip when boto3 is missing)
+
+
+def bits(value: float) -> str:
+    return struct.pack(">d", value).hex()
+
+
+# ----------------------------------------------------------------------
+# URLs
+# ----------------------------------------------------------------------
+
+
+def test_url_with_endpoint():
+    config = DynamoDBConfig.from_url(
+        "dynamodb://127.0.0.1:8000/team.ml-1?region=us-east-1&tls=false")
+    assert config.prefix == "team.ml-1"
+    assert config.region == "us-east-1"
+    assert config.endpoint == "127.0.0.1:8000"
+    assert config.endpoint_url == "http://127.0.0.1:8000"
+    assert config.table_name == "team.ml-1-records"
+    assert config.loopback
+    assert not config.serialize
+
+
+def test_url_for_aws_endpoint():
+    config = DynamoDBConfig.from_url("dynamodb:///ml?region=eu-west-1&profile=dev")
+    assert config.endpoint is None
+    assert config.endpoint_url is None
+    assert config.tls
+    assert config.profile == "dev"
+    assert not config.loopback
+
+
+@pytest.mark.parametrize("url", [
+    "dynamodb://127.0.0.1:8000/mltrail?region=us-east-1&tls=false",
+    "dynamodb:///mltrail?region=eu-west-1",
+    "dynamodb://localhost:4566/p?region=us-east-1&tls=false&serialize=true",
+    "dynamodb://dynamodb.internal/p?region=us-east-1&profile=ml",
+])
+def test_url_round_trip(url):
+    assert DynamoDBConfig.from_url(url).to_url() == url
+    assert DynamoDBBackend.from_url(url).url == url
+
+
+@pytest.mark.parametrize("url,fragment", [
+    ("mongodb://localhost/x", "not a DynamoDB store URL"),
+    ("dynamodb://localhost:8000/", "table prefix"),
+    ("dynamodb://localhost:8000/has space", "table prefix"),
+    ("dynamodb://localhost:8000/ünï", "table prefix"),
+    ("dynamodb://localhost:8000/" + "p" * 250, "table prefix"),
+    ("dynamodb://localhost:8000/p?regoin=us-east-1", "unknown options"),
+    ("dynamodb://localhost:8000/p?tls=maybe", "tls='maybe'"),
+    ("dynamodb://localhost:port/p", "invalid endpoint"),
+    ("dynamodb://dynamodb.internal/p?serialize=true", "serialize=true"),
+])
+def test_bad_url_rejected(url, fragment):
+    with pytest.raises(InvalidInputError) as caught:
+        DynamoDBConfig.from_url(url)
+    assert fragment in str(caught.value)
+
+
+def test_credentials_in_url_rejected_and_hidden():
+    url = "dynamodb://AKIDEXAMPLE:s3cr3t-key@127.0.0.1:8000/p?region=us-east-1"
+    with pytest.raises(InvalidInputError) as caught:
+        DynamoDBConfig.from_url(url)
+    message = str(caught.value)
+    assert "s3cr3t-key" not in message
+    assert "AKIDEXAMPLE" not in message
+    assert "***@127.0.0.1:8000" in message
+    assert "s3cr3t-key" not in str(caught.value.value)
+
+
+@pytest.mark.parametrize("endpoint,loopback", [
+    ("127.0.0.1:8000", True), ("127.5.5.5", True), ("localhost:4566", True),
+    ("[::1]:8000", True), ("10.0.0.1:8000", False), ("dynamodb.internal", False),
+])
+def test_loopback_detection(endpoint, loopback):
+    config = DynamoDBConfig.from_url(f"dynamodb://{endpoint}/p?region=us-east-1")
+    assert config.loopback is loopback
+
+
+# ----------------------------------------------------------------------
+# Driver and credentials
+# ----------------------------------------------------------------------
+
+
+def test_missing_driver_names_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    backend = DynamoDBBackend.from_url("dynamodb://127.0.0.1:9/p?region=us-east-1")
+    with pytest.raises(BackendUnavailableError) as caught:
+        backend.initialize()
+    assert "pip install 'mltrail[dynamodb]'" in str(caught.value)
+
+
+@pytest.fixture
+def no_aws_configuration(monkeypatch, tmp_path):
+    """Hide every AWS credential and region source of this machine."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+
+
+def _access_key(client) -> str:
+    return client._request_signer._credentials.get_frozen_credentials().access_key
+
+
+def test_dummy_credentials_only_for_loopback(no_aws_configuration):
+    config = DynamoDBConfig.from_url("dynamodb://127.0.0.1:8000/p?region=us-east-1")
+    assert _access_key(dynamodb._make_client(config)) == "mltrail-emulator"
+
+
+def test_configured_credentials_win_on_loopback(no_aws_configuration, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDCONFIGURED")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "configured-secret")
+    config = DynamoDBConfig.from_url("dynamodb://127.0.0.1:8000/p?region=us-east-1")
+    assert _access_key(dynamodb._make_client(config)) == "AKIDCONFIGURED"
+
+
+def test_missing_region_rejected(no_aws_configuration):
+    config = DynamoDBConfig.from_url("dynamodb://127.0.0.1:8000/p")
+    with pytest.raises(InvalidInputError) as caught:
+        dynamodb._make_client(config)
+    assert "region" in str(caught.value)
+
+
+def test_unreachable_endpoint(no_aws_configuration):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    backend = DynamoDBBackend.from_url(
+        f"dynamodb://127.0.0.1:{port}/p?region=us-east-1&tls=false")
+    with pytest.raises(BackendUnavailableError) as caught:
+        backend.experiments.get("E1")
+    assert f"127.0.0.1:{port}" in str(caught.value)
+    backend.close()
+
+
+# ----------------------------------------------------------------------
+# Error translation
+# ----------------------------------------------------------------------
+
+
+def _client_error(code: str, **extra) -> botocore.exceptions.ClientError:
+    response = {"Error": {"Code": code, "Message": f"{code} happened"}, **extra}
+    return botocore.exceptions.ClientError(response, "PutItem")
+
+
+@pytest.mark.parametrize("code,expected", [
+    ("ValidationException", InvalidInputError),
+    ("ItemCollectionSizeLimitExceededException", InvalidInputError),
+    ("ResourceNotFoundException", BackendUnavailableError),
+    ("AccessDeniedException", BackendUnavailableError),
+    ("UnrecognizedClientException", BackendUnavailableError),
+    ("ProvisionedThroughputExceededException", BackendUnavailableError),
+    ("InternalServerError", BackendUnavailableError),
+    ("TransactionConflictException", ConflictError),
+    ("ConditionalCheckFailedException", ConflictError),
+])
+def test_client_errors_translated(code, expected):
+    error = dynamodb._translate(_client_error(code), "put_item", "t-records")
+    assert isinstance(error, expected)
+    assert isinstance(error, MltrailError)
+    assert "t-records" in str(error)
+    assert error.aws_code == code
+
+
+def test_condition_failure_keeps_old_item():
+    old = {"pk": {"S": "entity|run|R1"}, "revision": {"N": "3"}}
+    error = dynamodb._translate(
+        _client_error("ConditionalCheckFailedException", Item=old), "put_item", "t")
+    assert error.old_item == old
+
+
+def test_cancelled_transaction_keeps_reasons():
+    reasons = [{"Code": "None"}, {"Code": "ConditionalCheckFailed"}]
+    error = dynamodb._translate(
+        _client_error("TransactionCanceledException", CancellationReasons=reasons),
+        "transact_write_items", "t")
+    assert isinstance(error, ConflictError)
+    assert error.reasons == ["None", "ConditionalCheckFailed"]
+
+
+def test_invalid_transaction_is_invalid_input():
+    reasons = [{"Code": "ValidationError"}, {"Code": "None"}]
+    error = dynamodb._translate(
+        _client_error("TransactionCanceledException", CancellationReasons=reasons),
+        "transact_write_items", "t")
+    assert isinstance(error, InvalidInputError)
+
+
+@pytest.mark.parametrize("error,expected", [
+    (botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
+     BackendUnavailableError),
+    (botocore.exceptions.NoCredentialsError(), BackendUnavailableError),
+    (botocore.exceptions.ParamValidationError(report="bad key"), InvalidInputError),
+    (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+     InvalidInputError),
+])
+def test_driver_errors_translated(error, expected):
+    assert isinstance(dynamodb._translate(error, "get_item", "t"), expected)
+
+
+# ----------------------------------------------------------------------
+# Encodings
+# ----------------------------------------------------------------------
+
+SPECIAL_FLOATS = [0.0, -0.0, math.inf, -math.inf, math.nan, 5e-324, -5e-324,
+                  struct.unpack(">d", bytes.fromhex("7ff8000000000001"))[0],
+                  struct.unpack(">d", bytes.fromhex("fff8000000000000"))[0]]
+
+
+def test_packed_points_bit_exact():
+    rows = [(step, -5_000_000 + step, f"B:{step:06d}", value,
+             {"drift": {"psi": {"$f": bits(value)}}} if step % 2 else None)
+            for step, value in enumerate(SPECIAL_FLOATS)]
+    unpacked = dynamodb._unpack_rows(dynamodb._pack_rows(rows))
+    assert [bits(row[3]) for row in unpacked] == [bits(v) for v in SPECIAL_FLOATS]
+    assert [row[:3] for row in unpacked] == [row[:3] for row in rows]
+    assert [row[4] for row in unpacked] == [row[4] for row in rows]
+
+
+def test_order_prefix_sorts_numerically():
+    pairs = [(0, -(2**62)), (0, -1), (0, 0), (0, 1), (1, -5), (2**63 - 1, 2**62)]
+    prefixes = [dynamodb._order_prefix(step, micros) for step, micros in pairs]
+    assert prefixes == sorted(prefixes)
+    assert len({len(p) for p in prefixes}) == 1
+
+
+def test_record_too_large_rejected():
+    with pytest.raises(InvalidInputError) as caught:
+        dynamodb._record_json({"payload": "x" * 500_000}, "run 'R1'")
+    assert "run 'R1'" in str(caught.value)
+
+
+def test_lone_surrogate_survives_as_json_escape():
+    record = {"name": "a\ud800b"}
+    text = dynamodb._record_json(record, "run 'R1'")
+    text.encode("utf-8")
+    assert dynamodb.json.loads(text) == record
+
+
+@pytest.mark.parametrize("text,storable", [
+    ("R1", True), ("a/b c", True), ("", False), ("x" * 1025, False),
+    ("\ud800", False), (7, False), ("学" * 341, True), ("学" * 342, False),
+])
+def test_storable_key_text(text, storable):
+    assert dynamodb._storable(text) is storable
+
+
+# ----------------------------------------------------------------------
+# Against the emulator
+# ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def harness():
+    return DynamoDBBackend.conformance_harness(EMULATOR_URL)
+
+
+@pytest.fixture
+def backend(harness):
+    instance = harness.create()
+    yield instance
+    harness.destroy(instance)
+
+
+@pytest.fixture
+def store(backend):
+    from mltrail.store import Store
+
+    return Store(backend, actor="unit")
+
+
+def _items(backend, pk: str) -> list[dict]:
+    client = backend._table.client
+    response = client.query(
+        TableName=backend.table_name, KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": pk}}, ConsistentRead=True)
+    return response["Items"]
+
+
+@needs_emulator
+def test_table_layout(backend):
+    client = backend._table.client
+    table = client.describe_table(TableName=backend.table_name)["Table"]
+    keys = {(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]}
+    assert keys == {("pk", "HASH"), ("sk", "RANGE")}
+    indexes = {i["IndexName"]: i for i in table["GlobalSecondaryIndexes"]}
+    assert set(indexes) == {"list-index", "field1-index", "field2-index",
+                            "field3-index", "field4-index"}
+    for index in indexes.values():
+        assert index["Projection"]["ProjectionType"] == "INCLUDE"
+        assert index["Projection"]["NonKeyAttributes"] == ["doc"]
+
+
+@needs_emulator
+def test_store_url_reopens_same_store(store, harness):
+    experiment = store.create_experiment("kept")
+    url = harness.store_url(store.backend)
+    assert "serialize=true" in url
+    reopened = DynamoDBBackend.from_url(url)
+    try:
+        assert reopened.experiments.get(experiment.id).name == "kept"
+    finally:
+        reopened.close()
+
+
+@needs_emulator
+def test_no_scan_in_any_operation(store):
+    operations = []
+    events = store.backend._table.client.meta.events
+    events.register("before-call.dynamodb",
+                    lambda model, **_: operations.append(model.name))
+    experiment = store.create_experiment("e", tags={"team": "a"})
+    data = store.register_dataset("d", "1")
+    run = store.create_run(experiment.id, params={"lr": 0.1}, dataset_ids=[data.id])
+    store.log_metrics(run.id, [{"key": "acc", "value": 0.5, "step": s}
+                               for s in range(20)])
+    store.set_run_status(run.id, "running")
+    list(store.iter_runs("metrics.acc > 0.1 and tags.team = 'a'"))
+    list(store.iter_runs(namespace="default", order_by=["-created_at"]))
+    list(store.metric_history(run.id, "acc", min_step=3, max_step=9))
+    store.create_model("m")
+    store.register_model_version("m", run_id=run.id)
+    store.downstream(data.id, depth=3)
+    assert store.verify_audit().ok
+    list(store.audit_log(run.id))
+    store.purge_run(run.id)
+    assert operations
+    assert "Scan" not in operations
+
+
+@needs_emulator
+def test_metric_points_packed_into_few_items(store):
+    experiment = store.create_experiment("e")
+    run = store.create_run(experiment.id)
+    points = [{"key": "loss|#x", "value": float(i), "step": i} for i in range(12_000)]
+    store.log_metrics(run.id, points, batch_id="BATCH1")
+    store.log_metrics(run.id, points, batch_id="BATCH1")
+    first = _items(store.backend, f"points|{run.id}|loss|#x|{0:016x}")
+    second = _items(store.backend, f"points|{run.id}|loss|#x|{1:016x}")
+    assert len(first) == 2
+    assert len(second) == 1
+    assert len(_items(store.backend, f"latest|{run.id}")) == 1
+    history = list(store.metric_history(run.id, "loss|#x"))
+    assert [p.step for p in history] == list(range(12_000))
+
+
+@needs_emulator
+def test_overlapping_chunks_merge_in_order(store):
+    experiment = store.create_experiment("e")
+    run = store.create_run(experiment.id)
+    base = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    for batch in range(3):
+        points = [{"key": "m", "value": float(batch), "step": step,
+                   "timestamp": base + timedelta(seconds=batch)}
+                  for step in range(batch, 30, 3)]
+        store.log_metrics(run.id, points)
+    history = list(store.metric_history(run.id, "m"))
+    assert [p.step for p in history] == list(range(30))
+
+
+@needs_emulator
+def test_retry_with_new_timestamps_overwrites(store):
+    experiment = store.create_experiment("e")
+    run = store.create_run(experiment.id)
+    points = [{"key": "m", "value": float(i), "step": i} for i in range(50)]
+    store.log_metrics(run.id, points, batch_id="BATCH1")
+    first = list(store.metric_history(run.id, "m"))
+    store.log_metrics(run.id, points, batch_id="BATCH1")
+    second = list(store.metric_history(run.id, "m"))
+    assert [p.seq for p in second] == [p.seq for p in first]
+    assert all(b.timestamp >= a.timestamp for a, b in zip(first, second))
+
+
+@needs_emulator
+def test_regrouped_retry_keeps_latest_write(backend):
+    from mltrail.domain import MetricPoint
+
+    base = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+    def points(steps, minutes):
+        return [MetricPoint(run_id="R1", key="m", value=float(minutes), step=step,
+                            timestamp=base + timedelta(minutes=minutes - step),
+                            seq=f"B:{step:06d}") for step in steps]
+
+    backend.metrics.append("R1", points(range(10), 0))
+    backend.metrics.append("R1", points(range(3, 6), 30))
+    history = list(backend.metrics.history("R1", "m"))
+    assert [p.seq for p in history] == [f"B:{step:06d}" for step in range(10)]
+    assert [p.value for p in history] == [0.0] * 3 + [30.0] * 3 + [0.0] * 4
+
+
+@needs_emulator
+def test_latest_keeps_later_point(store):
+    experiment = store.create_experiment("e")
+    run = store.create_run(experiment.id)
+    store.log_metrics(run.id, [{"key": "a", "value": 9.0, "step": 9},
+                               {"key": "b", "value": 1.0, "step": 1}])
+    store.log_metrics(run.id, [{"key": "a", "value": 2.0, "step": 2},
+                               {"key": "b", "value": 5.0, "step": 5}])
+    latest = store.latest_metrics(run.id)
+    assert latest["a"].value == 9.0
+    assert latest["b"].value == 5.0
+
+
+@needs_emulator
+@pytest.mark.parametrize("entity_id", ["a/b c", "x" * 3000, "\ud800", "", "名前"])
+def test_any_typed_id_is_not_found(backend, entity_id):
+    with pytest.raises(NotFoundError):
+        backend.runs.get(entity_id)
+    with pytest.raises(NotFoundError):
+        backend.lineage.get_node(entity_id)
+    assert backend.runs.get_many([entity_id]) == {}
+    assert backend.metrics.keys(entity_id) == []
+    assert list(backend.audit.for_entity(entity_id)) == []
+
+
+@needs_emulator
+def test_unique_key_claimed_in_table(store):
+    store.create_experiment("claimed")
+    with pytest.raises(AlreadyExistsError) as caught:
+        store.create_experiment("claimed")
+    assert "claimed" in str(caught.value)
+    pk = dynamodb._unique_pk("experiment", ["default", "claimed"])
+    (claim,) = _items(store.backend, pk)
+    assert claim["unique_key"]["S"] == '["default", "claimed"]'
+
+
+@needs_emulator
+def test_blob_too_large_writes_nothing(backend):
+    with pytest.raises(InvalidInputError):
+        backend.blobs.put("big", "one", {"payload": "q" * 450_000})
+    with pytest.raises(NotFoundError):
+        backend.blobs.get("big", "one")
+
+
+@needs_emulator
+def test_audit_walks_full_buckets(harness, store):
+    small = replace(dynamodb.DEFAULT_LAYOUT, audit_bucket_size=3)
+    store.backend._table._layout = small
+    for index in range(4):
+        store.create_experiment(f"e{index}")
+    for index in range(6):
+        store.set_tags("experiment", store.get_experiment("e0").id, {"n": str(index)})
+    reopened = DynamoDBBackend.from_url(harness.store_url(store.backend))
+    reopened._table._layout = small
+    assert reopened.audit.last().seq == 10
+    assert [e.seq for e in reopened.audit.scan()] == list(range(1, 11))
+    assert [e.seq for e in reopened.audit.scan(after_seq=5)] == list(range(6, 11))
+    assert int(_items(store.backend, "audit-bucket")[0]["bucket"]["N"]) == 3
+    reopened.close()
+
+
+@needs_emulator
+def test_foreign_table_rejected(harness):
+    config = replace(harness.config, prefix=f"foreign-{os.getpid()}")
+    client = dynamodb._Table(harness.config).client
+    client.create_table(
+        TableName=config.table_name, BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
+    try:
+        with pytest.raises(InvalidInputError) as caught:
+            DynamoDBBackend(config, client).initialize()
+        assert config.table_name in str(caught.value)
+    finally:
+        client.delete_table(TableName=config.table_name)
+
+
+@needs_emulator
+def test_newer_layout_rejected(backend, harness):
+    backend._table.client.put_item(TableName=backend.table_name, Item={
+        "pk": {"S": "layout"}, "sk": {"S": "#"}, "version": {"N": "2"},
+        "shards": {"N": "4"}, "step_bucket_width": {"N": "10000"},
+        "audit_bucket_size": {"N": "1000"}})
+    reopened = DynamoDBBackend.from_url(harness.store_url(backend))
+    with pytest.raises(BackendUnavailableError) as caught:
+        reopened.initialize()
+    assert "layout version 2" in str(caught.value)
