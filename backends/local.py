@@ -866,6 +866,18 @@ class LocalBackend(Backend):
             conn.execute(
                 "INSERT INTO store_meta (key, value) VALUES ('run_fields', '1')")
 
+    def storage_stats(self) -> dict[str, Any]:
+        """Return bytes stored per table, for `mltrail stats` and telemetry."""
+        from mltrail.discovery.storage import sqlite_storage_stats
+
+        return sqlite_storage_stats(self.path)
+
+    def telemetry_counters(self) -> dict[str, int]:
+        """Return rows written so far through this backend's connections."""
+        from mltrail.discovery.storage import sqlite_write_counters
+
+        return sqlite_write_counters(self.db._connections)
+
     def close(self) -> None:
         self.db.close()
 

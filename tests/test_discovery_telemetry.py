@@ -157,7 +157,11 @@ def test_reservoir_keeps_count_and_max_exact(store):
     assert len(telemetry.templates["t"].samples) == 10
 
 
-def test_write_amplification_unknown_without_counters(store):
+def test_write_amplification_unknown_without_counters():
+    from mltrail.backends.memory import MemoryBackend
+    from mltrail.store import Store
+
+    store = Store(MemoryBackend(), actor="tester")
     telemetry = instrument(store)
     store.create_run(store.create_experiment("e").id, params={"a": 1})
 
@@ -344,3 +348,19 @@ def test_opentelemetry_missing_names_the_extra(store, monkeypatch):
     with pytest.raises(UnsupportedCapabilityError) as caught:
         otel.export_to_opentelemetry(instrument(store))
     assert "mltrail[otel]" in str(caught.value)
+
+
+def test_local_reports_items_written(tmp_path):
+    import mltrail
+
+    store = mltrail.connect(f"local://{tmp_path}/s.db")
+    telemetry = instrument(store)
+    store.create_run(store.create_experiment("e").id, params={"a": 1})
+
+    snapshot = telemetry.snapshot()
+    create = rows_by(snapshot, "writes", "write")["create_run"]
+
+    assert snapshot["counters"] != "unknown"
+    assert create["items_per_write"] != "unknown"
+    assert create["items_per_write"] >= 3
+    store.close()
