@@ -5,7 +5,7 @@ that queries need (namespace, the unique key, indexed fields, timestamps).
 Metric points are rows whose primary key is the history order (run, metric,
 step, timestamp, seq), so one B-tree serves both appends and ordered reads. A
 retried batch repeats step, timestamp and seq, so it replaces its own rows. A
-separate table holds the latest point per metric, so that lookup costs the
+separate table keeps the latest point per metric, so that lookup costs the
 same for ten points or a million. The leaves of each run's params and tags are
 also rows of `run_fields`, indexed by field and value, so a search narrows the
 runs in SQL before the core decodes and filters them. Everything goes through

@@ -30,6 +30,7 @@ from mltrail.errors import (
     AlreadyExistsError, ConflictError, InvalidInputError, NotFoundError,
 )
 from mltrail.query.evaluate import sort_key
+from mltrail.query.paging import cursor_key
 
 _NAMED_STORES: dict[str, MemoryBackend] = {}
 _NAMED_LOCK = threading.Lock()
@@ -113,22 +114,14 @@ class MemoryEntityRepository(EntityRepository):
         if request.order:
             views = [(sort_key(vars(e), request.order), e) for e in entities]
             views.sort(key=lambda pair: pair[0])
-            after = None if request.after is None else _after_key(request)
+            after = None if request.after is None else cursor_key(request.after,
+                                                                  request.order)
             for key, entity in views:
                 if after is None or after < key:
                     yield entity
             return
         entities.sort(key=lambda e: e.id)
         yield from entities
-
-
-def _after_key(request: ScanRequest) -> tuple:
-    from mltrail.query.evaluate import sort_value
-
-    *values, last_id = request.after
-    parts = tuple(sort_value(value, key.descending)
-                  for value, key in zip(values, request.order))
-    return (*parts, last_id)
 
 
 class MemoryMetricRepository(MetricRepository):

@@ -30,7 +30,8 @@ Atomicity: every write is a single-document insert, replace or delete. Uniquenes
 (ids, unique keys, audit seq, revision claims) comes from unique indexes, which
 reject a duplicate atomically. The backend never relies on a conditional update
 being atomic, because FerretDB 1.24 (the test server) applies one as a read
-followed by a write; see docs/backends-mongodb.md.
+followed by a write; see the mongodb section of
+docs/backends.md.
 """
 
 from __future__ import annotations

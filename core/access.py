@@ -29,7 +29,7 @@ class Role(IntEnum):
 
 @dataclass
 class AccessPolicy:
-    """Which role each principal holds in each namespace."""
+    """The role of each principal in each namespace."""
 
     enabled: bool = False
     roles: dict[str, dict[str, Role]] = field(default_factory=dict)
@@ -56,7 +56,7 @@ class AccessPolicy:
 
     def check(self, principal: str, required: Role, operation: str,
               namespace: str | None) -> None:
-        """Raise PermissionDeniedError unless `principal` holds `required` there."""
+        """Raise PermissionDeniedError unless `principal` has at least `required` there."""
         held = self.role_of(principal, namespace)
         if held >= required:
             return

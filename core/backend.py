@@ -4,7 +4,8 @@ A backend stores entities, metric points, lineage and audit events in the data
 model that suits its store. The core owns every rule that must behave the same
 everywhere (validation, ids, status transitions, write-once params, version
 numbering, lineage cycles, audit hashing, filtering, ordering and pagination),
-so a repository method does exactly what its docstring says and nothing more.
+so a repository method does exactly what its docstring documents and nothing
+more.
 
 Rules every implementation keeps:
 
@@ -134,7 +135,7 @@ class EntityRepository(ABC, Generic[E]):
         """Store a new entity atomically.
 
         Raise AlreadyExistsError when an entity with the same id exists or when
-        another entity holds the same unique key (`UNIQUE_KEYS`), even when two
+        another entity has the same unique key (`UNIQUE_KEYS`), even when two
         processes insert at the same moment. Idempotent retries are the core's
         concern: it reads the existing entity and compares content.
         """

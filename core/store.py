@@ -1023,8 +1023,9 @@ class Store:
                               after=after if presorted else None)
         candidates = repository.scan(request)
         view_of = view_factory(scope_filter, include_deleted, needs_metrics)
-        return page_of(_batched_views(candidates, view_of), lambda pair: pair[1],
-                       order, page_size, after, query_id, presorted)._unpair()
+        page = page_of(_batched_views(candidates, view_of), lambda pair: pair[1],
+                       order, page_size, after, query_id, presorted)
+        return Page([entity for entity, _ in page.items], page.next_page_token)
 
     def _run_view_factory(self, expr, include_deleted, needs_metrics):
         def views(runs: list[Run]) -> list[tuple[Run, dict | None]]:
@@ -1172,13 +1173,6 @@ def run_view(run: Run, latest: Mapping[str, MetricPoint]) -> dict[str, Any]:
 def _batched_views(candidates: Iterable, view_of, size: int = 500) -> Iterator[tuple]:
     for batch in chunked(candidates, size):
         yield from view_of(batch)
-
-
-def _page_unpair(self: Page) -> Page:
-    return Page([pair[0] for pair in self.items], self.next_page_token)
-
-
-Page._unpair = _page_unpair  # type: ignore[attr-defined]
 
 
 def merge_params(run_id: str, current: dict[str, Any],

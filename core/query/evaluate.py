@@ -112,7 +112,12 @@ def like_regex(pattern: str) -> re.Pattern[str]:
             parts.append(re.escape(pattern[index + 1]))
             index += 2
             continue
-        parts.append(".*" if char == "%" else "." if char == "_" else re.escape(char))
+        if char == "%":
+            parts.append(".*")
+        elif char == "_":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
         index += 1
     return re.compile("".join(parts), re.DOTALL)
 
