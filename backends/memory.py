@@ -29,6 +29,7 @@ from mltrail.domain import (
 from mltrail.errors import (
     AlreadyExistsError, ConflictError, InvalidInputError, NotFoundError,
 )
+from mltrail.ops.records import json_size, point_to_record
 from mltrail.query.evaluate import sort_key
 from mltrail.query.paging import cursor_key
 
@@ -36,10 +37,31 @@ _NAMED_STORES: dict[str, MemoryBackend] = {}
 _NAMED_LOCK = threading.Lock()
 
 
+class WriteCounter:
+    """Records and bytes written through one memory backend, for store telemetry.
+
+    Bytes are the size of each written record as compact JSON, the form the
+    other backends store; a deletion counts its records but no bytes.
+    """
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.bytes = 0
+
+    def wrote(self, record: Any) -> None:
+        self.items += 1
+        self.bytes += json_size(record)
+
+    def deleted(self, count: int) -> None:
+        self.items += count
+
+
 class MemoryEntityRepository(EntityRepository):
-    def __init__(self, entity_type: type[Entity], lock: threading.RLock) -> None:
+    def __init__(self, entity_type: type[Entity], lock: threading.RLock,
+                 counter: WriteCounter) -> None:
         self.entity_type = entity_type
         self._lock = lock
+        self._counter = counter
         self._records: dict[str, dict[str, Any]] = {}
         self._unique: dict[tuple, str] = {}
 
@@ -64,6 +86,7 @@ class MemoryEntityRepository(EntityRepository):
             self._records[entity.id] = record
             if unique is not None:
                 self._unique[unique] = entity.id
+            self._counter.wrote(record)
 
     def get(self, entity_id: str) -> Entity:
         with self._lock:
@@ -96,11 +119,13 @@ class MemoryEntityRepository(EntityRepository):
                     entity.id,
                 )
             self._records[entity.id] = record
+            self._counter.wrote(record)
 
     def delete(self, entity_id: str) -> None:
         with self._lock:
             record = self._records.pop(entity_id, None)
             if record is not None:
+                self._counter.deleted(1)
                 unique = self._unique_value(record)
                 if unique is not None:
                     self._unique.pop(unique, None)
@@ -125,8 +150,9 @@ class MemoryEntityRepository(EntityRepository):
 
 
 class MemoryMetricRepository(MetricRepository):
-    def __init__(self, lock: threading.RLock) -> None:
+    def __init__(self, lock: threading.RLock, counter: WriteCounter) -> None:
         self._lock = lock
+        self._counter = counter
         # run id -> key -> sorted list of (order key, point record)
         self._series: dict[str, dict[str, list[tuple[tuple, dict]]]] = {}
         self._index: dict[tuple[str, str, str], tuple] = {}
@@ -146,6 +172,7 @@ class MemoryMetricRepository(MetricRepository):
                 bisect.insort(series, (order, _point_record(point)),
                               key=lambda item: item[0])
                 self._index[identity] = order
+                self._counter.wrote(point_to_record(point))
 
     def history(self, run_id, key, *, min_step=None, max_step=None, start=None,
                 end=None) -> Iterator[MetricPoint]:
@@ -179,7 +206,8 @@ class MemoryMetricRepository(MetricRepository):
 
     def delete_run(self, run_id: str) -> None:
         with self._lock:
-            self._series.pop(run_id, None)
+            removed = self._series.pop(run_id, {})
+            self._counter.deleted(sum(len(series) for series in removed.values()))
             for identity in [i for i in self._index if i[0] == run_id]:
                 del self._index[identity]
 
@@ -207,8 +235,9 @@ def _point_from_record(run_id: str, key: str, record: dict[str, Any]) -> MetricP
 
 
 class MemoryLineageRepository(LineageRepository):
-    def __init__(self, lock: threading.RLock) -> None:
+    def __init__(self, lock: threading.RLock, counter: WriteCounter) -> None:
         self._lock = lock
+        self._counter = counter
         self._nodes: dict[str, LineageNode] = {}
         self._edges: dict[str, LineageEdge] = {}
 
@@ -223,6 +252,7 @@ class MemoryLineageRepository(LineageRepository):
                 )
             if existing is None:
                 self._nodes[node.id] = node
+                self._counter.wrote(node.to_record())
 
     def get_node(self, node_id: str) -> LineageNode:
         with self._lock:
@@ -233,7 +263,9 @@ class MemoryLineageRepository(LineageRepository):
 
     def add_edge(self, edge: LineageEdge) -> None:
         with self._lock:
-            self._edges.setdefault(edge.key, edge)
+            if edge.key not in self._edges:
+                self._edges[edge.key] = edge
+                self._counter.wrote(edge.to_record())
 
     def edges(self, node_id: str, direction: str) -> list[LineageEdge]:
         with self._lock:
@@ -255,22 +287,26 @@ class MemoryLineageRepository(LineageRepository):
 
     def delete_node(self, node_id: str) -> None:
         with self._lock:
-            self._nodes.pop(node_id, None)
-            for key in [k for k, e in self._edges.items()
-                        if node_id in (e.source, e.target)]:
+            removed = self._nodes.pop(node_id, None) is not None
+            edges = [k for k, e in self._edges.items() if node_id in (e.source, e.target)]
+            for key in edges:
                 del self._edges[key]
+            self._counter.deleted(removed + len(edges))
 
 
 class MemoryAuditRepository(AuditRepository):
-    def __init__(self, lock: threading.RLock) -> None:
+    def __init__(self, lock: threading.RLock, counter: WriteCounter) -> None:
         self._lock = lock
+        self._counter = counter
         self._events: list[dict[str, Any]] = []
 
     def append(self, event: AuditEvent) -> None:
         with self._lock:
             if event.seq != len(self._events) + 1:
                 raise AlreadyExistsError(f"audit event seq {event.seq} is taken", event.seq)
-            self._events.append(event.to_record())
+            record = event.to_record()
+            self._events.append(record)
+            self._counter.wrote(record)
 
     def last(self) -> AuditEvent | None:
         with self._lock:
@@ -294,13 +330,15 @@ class MemoryAuditRepository(AuditRepository):
 
 
 class MemoryBlobRepository(BlobRepository):
-    def __init__(self, lock: threading.RLock) -> None:
+    def __init__(self, lock: threading.RLock, counter: WriteCounter) -> None:
         self._lock = lock
+        self._counter = counter
         self._blobs: dict[tuple[str, str], dict[str, Any]] = {}
 
     def put(self, namespace: str, key: str, record: dict[str, Any]) -> None:
         with self._lock:
             self._blobs[(namespace, key)] = copy.deepcopy(record)
+            self._counter.wrote(record)
 
     def get(self, namespace: str, key: str) -> dict[str, Any]:
         with self._lock:
@@ -317,7 +355,8 @@ class MemoryBlobRepository(BlobRepository):
 
     def delete(self, namespace: str, key: str) -> None:
         with self._lock:
-            self._blobs.pop((namespace, key), None)
+            if self._blobs.pop((namespace, key), None) is not None:
+                self._counter.deleted(1)
 
 
 class MemoryBackend(Backend):
@@ -328,15 +367,17 @@ class MemoryBackend(Backend):
     def __init__(self, name: str = "") -> None:
         self._name = name
         lock = threading.RLock()
-        self.experiments = MemoryEntityRepository(Experiment, lock)
-        self.runs = MemoryEntityRepository(Run, lock)
-        self.datasets = MemoryEntityRepository(Dataset, lock)
-        self.models = MemoryEntityRepository(Model, lock)
-        self.model_versions = MemoryEntityRepository(ModelVersion, lock)
-        self.metrics = MemoryMetricRepository(lock)
-        self.lineage = MemoryLineageRepository(lock)
-        self.audit = MemoryAuditRepository(lock)
-        self.blobs = MemoryBlobRepository(lock)
+        self._lock = lock
+        self._counter = counter = WriteCounter()
+        self.experiments = MemoryEntityRepository(Experiment, lock, counter)
+        self.runs = MemoryEntityRepository(Run, lock, counter)
+        self.datasets = MemoryEntityRepository(Dataset, lock, counter)
+        self.models = MemoryEntityRepository(Model, lock, counter)
+        self.model_versions = MemoryEntityRepository(ModelVersion, lock, counter)
+        self.metrics = MemoryMetricRepository(lock, counter)
+        self.lineage = MemoryLineageRepository(lock, counter)
+        self.audit = MemoryAuditRepository(lock, counter)
+        self.blobs = MemoryBlobRepository(lock, counter)
         self._capabilities = Capabilities(
             name="memory",
             pushdown_operators=frozenset(),
@@ -374,6 +415,41 @@ class MemoryBackend(Backend):
     @property
     def url(self) -> str:
         return f"memory://{self._name}"
+
+    def telemetry_counters(self) -> dict[str, int]:
+        """Return records written and deleted since this store was created, and bytes."""
+        with self._lock:
+            return {"items_written": self._counter.items,
+                    "bytes_written": self._counter.bytes}
+
+    def storage_stats(self) -> dict[str, Any]:
+        """Return the compact-JSON bytes of the records held, per repository.
+
+        Memory keeps no indexes apart from its records, so `index_bytes` is 0.
+        The figures are computed on each call, in time linear in the store.
+        """
+        with self._lock:
+            collections = {
+                "experiments": self.experiments._records.values(),
+                "runs": self.runs._records.values(),
+                "datasets": self.datasets._records.values(),
+                "models": self.models._records.values(),
+                "model_versions": self.model_versions._records.values(),
+                "metrics": [point_to_record(_point_from_record(run_id, key, record))
+                            for run_id, series_by_key in self.metrics._series.items()
+                            for key, series in series_by_key.items()
+                            for _, record in series],
+                "lineage_nodes": [node.to_record() for node in self.lineage._nodes.values()],
+                "lineage_edges": [edge.to_record() for edge in self.lineage._edges.values()],
+                "audit": self.audit._events,
+                "blobs": list(self.blobs._blobs.values()),
+            }
+            figures = {name: {"bytes": sum(json_size(record) for record in records),
+                              "index_bytes": 0, "items": len(records)}
+                       for name, records in collections.items()}
+        return {"collections": figures,
+                "total_bytes": sum(f["bytes"] for f in figures.values()),
+                "method": "json_size"}
 
 
 class MemoryConformanceHarness:

@@ -7,6 +7,6 @@ against a store whose backend class provides `conformance_harness(url)`.
 Reports name `SUITE_VERSION`, so a backend can state which version it passes.
 """
 
-SUITE_VERSION = "1.0.0"
+SUITE_VERSION = "1.1.0"
 
 __all__ = ["SUITE_VERSION"]

@@ -26,6 +26,7 @@ from mltrail.conformance.cases.lifecycle import (
 from mltrail.conformance.cases.metrics import MetricCases
 from mltrail.conformance.cases.operations import OperationCases
 from mltrail.conformance.cases.queries import FilterCases, OrderCases, PaginationCases
+from mltrail.conformance.cases.telemetry import TelemetryCases
 from mltrail.conformance.cases.templates import TemplateCases
 from mltrail.conformance.cases.values import LimitCases, TimeCases, ValueCases
 
@@ -34,7 +35,7 @@ CASE_CLASSES = (
     FilterCases, OrderCases, PaginationCases, TemplateCases, StatusCases, ParamCases,
     RetryCases, DeletionCases, ModelCases, LineageCases, AuditCases, ConcurrencyCases,
     DifferentialCases, CapabilityCases, BlobCases, ListingCases, OperationCases,
-    DiscoveryCases,
+    DiscoveryCases, TelemetryCases,
 )
 
 

@@ -17,7 +17,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from mltrail import limits
@@ -111,6 +111,24 @@ class JsonDirBackend(Backend):
     @property
     def url(self) -> str:
         return f"{SCHEME}://{quote(str(self.root))}"
+
+    def telemetry_counters(self) -> dict[str, int]:
+        """Return files written or removed, and bytes written, since this backend opened.
+
+        `mltrail stats` reports them as items and bytes per logical write.
+        """
+        return self.files.counters()
+
+    def storage_stats(self) -> dict[str, Any]:
+        """Return the bytes on disk under each top-level folder of the store.
+
+        Lock files count under `locks`; the store keeps no separate indexes, so
+        the unique-key documents count as the `unique` collection.
+        """
+        collections = self.files.usage()
+        return {"collections": collections,
+                "total_bytes": sum(f["bytes"] for f in collections.values()),
+                "method": "file_sizes"}
 
     def initialize(self) -> None:
         """Create the store folder and its marker file, or check an existing store."""

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +72,11 @@ class JsonFiles:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Files moved into place or removed, and bytes moved into place, by this
+        # object; the backend's `telemetry_counters` reports them.
+        self.files_written = 0
+        self.bytes_written = 0
+        self._counter_lock = threading.Lock()
 
     def read(self, path: Path) -> Any | None:
         """Return the parsed document at `path`, or None when there is no such file."""
@@ -120,7 +126,11 @@ class JsonFiles:
 
     def commit(self, temp: Path, path: Path) -> None:
         with translated("write", path):
+            size = temp.stat().st_size
             os.replace(temp, path)
+        with self._counter_lock:
+            self.files_written += 1
+            self.bytes_written += size
 
     def discard(self, temp: Path) -> None:
         with translated("remove", temp):
@@ -129,7 +139,12 @@ class JsonFiles:
     def remove(self, path: Path) -> None:
         """Remove a file, unless it is already missing."""
         with translated("remove", path):
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return
+        with self._counter_lock:
+            self.files_written += 1
 
     def remove_tree(self, path: Path) -> None:
         """Remove a folder and everything in it, unless it is already missing."""
@@ -153,6 +168,27 @@ class JsonFiles:
             raise unavailable("list", folder, error) from error
         return sorted(name for name in entries
                       if name.endswith(suffix) and not name.startswith("."))
+
+    def counters(self) -> dict[str, int]:
+        with self._counter_lock:
+            return {"items_written": self.files_written,
+                    "bytes_written": self.bytes_written}
+
+    def usage(self) -> dict[str, dict[str, int]]:
+        """Return the bytes and file count under each top-level folder of the store."""
+        usage: dict[str, dict[str, int]] = {}
+        with translated("measure", self.root):
+            for top in sorted(self.root.iterdir()):
+                figures = {"bytes": 0, "index_bytes": 0, "files": 0}
+                paths = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
+                for path in paths:
+                    try:
+                        figures["bytes"] += path.stat().st_size
+                    except FileNotFoundError:
+                        continue
+                    figures["files"] += 1
+                usage[top.name] = figures
+        return usage
 
     def size(self, path: Path) -> int:
         with translated("read", path):
