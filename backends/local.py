@@ -2,11 +2,10 @@
 
 Entities are JSON documents in one table per kind, next to the few columns
 that queries need (namespace, the unique key, indexed fields, timestamps).
-Metric points are rows whose primary key is the history order (run, metric,
-step, timestamp, seq), so one B-tree serves both appends and ordered reads. A
-retried batch repeats step, timestamp and seq, so it replaces its own rows. A
-separate table keeps the latest point per metric, so that lookup costs the
-same for ten points or a million. The leaves of each run's params and tags are
+Metric points are packed into compressed chunks of up to 4,096 points of one
+run and metric (see `mltrail.backends.local_metrics`), and a separate table
+keeps the latest point per metric, so that lookup costs the same for ten points
+or a million. The leaves of each run's params and tags are
 also rows of `run_fields`, indexed by field and value, so a search narrows the
 runs in SQL before the core decodes and filters them. Everything goes through
 the standard library's sqlite3, with WAL journaling so several processes can
@@ -16,19 +15,17 @@ URL: `local:///absolute/path/store.db`, or `local://relative/path.db`
 relative to the working directory; `~` is expanded.
 
 Floats: SQLite cannot store NaN (it becomes NULL) and a REAL column turns -0.0
-into 0, so values that are non-finite or negative zero are kept as their IEEE
-754 bits in a separate column and restored exactly.
+into 0, so latest values that are non-finite or negative zero are kept as
+their IEEE 754 bits in a separate column and restored exactly. Chunks store
+every value as its IEEE 754 bits.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sqlite3
-import struct
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -39,11 +36,11 @@ from typing import Any, Iterator, Sequence
 from mltrail import codec, limits
 from mltrail.backend import (
     INDEXED_FIELDS, AuditRepository, Backend, BlobRepository, Capabilities,
-    EntityRepository, LineageRepository, MetricRepository, ScanRequest,
+    EntityRepository, LineageRepository, ScanRequest,
 )
-from mltrail.clock import from_micros, isoformat, to_micros
+from mltrail.clock import isoformat
 from mltrail.domain import (
-    AuditEvent, Dataset, Entity, Experiment, LineageEdge, LineageNode, MetricPoint,
+    AuditEvent, Dataset, Entity, Experiment, LineageEdge, LineageNode,
     Model, ModelVersion, Run,
 )
 from mltrail.errors import (
@@ -52,6 +49,10 @@ from mltrail.errors import (
 )
 from mltrail.query.ast import Compare, Exists, In, conjuncts
 
+from mltrail.backends.local_metrics import (
+    METRICS_SCHEMA, LocalMetricRepository, migrate_point_rows,
+)
+
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_SECONDS = 60.0
@@ -59,16 +60,6 @@ SCAN_CHUNK = 1_000
 NATIVE_ORDER_FIELDS = frozenset({"id", "created_at", "updated_at"})
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS metric_points (
-    run_id TEXT NOT NULL, key TEXT NOT NULL, step INTEGER NOT NULL,
-    ts INTEGER NOT NULL, seq TEXT NOT NULL, value REAL, bits TEXT, extra TEXT,
-    PRIMARY KEY (run_id, key, step, ts, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS metric_latest (
-    run_id TEXT NOT NULL, key TEXT NOT NULL, seq TEXT NOT NULL,
-    step INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL, bits TEXT, extra TEXT,
-    PRIMARY KEY (run_id, key)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lineage_nodes (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, label TEXT
 ) WITHOUT ROWID;
@@ -125,16 +116,6 @@ def _entity_schema(table: str, kind: str) -> str:
 
 def _dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-_INFINITIES = (math.inf, -math.inf)
-_MAX_FLOAT = sys.float_info.max
-
-
-def _float_value(value: float | None, bits: str | None) -> float:
-    if bits is not None:
-        return struct.unpack(">d", bytes.fromhex(bits))[0]
-    return float(value)
 
 
 class _Database:
@@ -529,117 +510,6 @@ def _run_ids_clause(parts: list[Any]) -> tuple[str, list[Any]] | None:
         return None
     return f"id IN ({' INTERSECT '.join(queries)})", params
 
-class LocalMetricRepository(MetricRepository):
-    def __init__(self, db: _Database) -> None:
-        self.db = db
-
-    def append(self, run_id: str, points: Sequence[MetricPoint]) -> None:
-        rows, keys = _point_rows(run_id, points)
-        with self.db.write() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO metric_points (run_id, key, step, ts, seq, value, "
-                "bits, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            # The latest point of each key is read back from the history inside the
-            # same write transaction, so it is right whatever order batches from
-            # several processes arrive in. That costs one index seek per key.
-            conn.executemany(
-                "INSERT OR REPLACE INTO metric_latest (run_id, key, seq, step, ts, "
-                "value, bits, extra) SELECT run_id, key, seq, step, ts, value, bits, "
-                "extra FROM metric_points WHERE run_id = ? AND key = ? "
-                "ORDER BY step DESC, ts DESC, seq DESC LIMIT 1",
-                [(run_id, key) for key in keys])
-
-    def history(self, run_id, key, *, min_step=None, max_step=None, start=None,
-                end=None) -> Iterator[MetricPoint]:
-        clauses = ["run_id = ?", "key = ?"]
-        params: list[Any] = [run_id, key]
-        for column, op, bound in (("step", ">=", min_step), ("step", "<=", max_step),
-                                  ("ts", ">=", start), ("ts", "<=", end)):
-            if bound is not None:
-                clauses.append(f"{column} {op} ?")
-                params.append(to_micros(bound) if column == "ts" else bound)
-        base = " AND ".join(clauses)
-        cursor: tuple | None = None
-        while True:
-            sql = (f"SELECT seq, step, ts, value, bits, extra FROM metric_points WHERE "
-                   f"{base}")
-            values = list(params)
-            if cursor is not None:
-                sql += " AND (step, ts, seq) > (?, ?, ?)"
-                values += list(cursor)
-            sql += " ORDER BY step, ts, seq LIMIT 5000"
-            rows = self.db.query(sql, values)
-            for row in rows:
-                yield _point(run_id, key, row)
-            if len(rows) < 5000:
-                return
-            cursor = (rows[-1][1], rows[-1][2], rows[-1][0])
-
-    def latest(self, run_ids, keys=None) -> dict[str, dict[str, MetricPoint]]:
-        result: dict[str, dict[str, MetricPoint]] = {}
-        ids = list(dict.fromkeys(run_ids))
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            sql = ("SELECT run_id, key, seq, step, ts, value, bits, extra FROM "
-                   f"metric_latest WHERE run_id IN ({','.join('?' * len(chunk))})")
-            params = list(chunk)
-            if keys is not None:
-                sql += f" AND key IN ({','.join('?' * len(keys))})"
-                params += list(keys)
-            for row in self.db.query(sql, params):
-                result.setdefault(row[0], {})[row[1]] = _point(row[0], row[1], row[2:])
-        return result
-
-    def keys(self, run_id: str) -> list[str]:
-        rows = self.db.query("SELECT key FROM metric_latest WHERE run_id = ? ORDER BY key",
-                             [run_id])
-        return [row[0] for row in rows]
-
-    def delete_run(self, run_id: str) -> None:
-        with self.db.write() as conn:
-            conn.execute("DELETE FROM metric_points WHERE run_id = ?", [run_id])
-            conn.execute("DELETE FROM metric_latest WHERE run_id = ?", [run_id])
-
-    def runs_with_metrics(self) -> Iterator[str]:
-        rows = self.db.query("SELECT DISTINCT run_id FROM metric_latest ORDER BY run_id")
-        for (run_id,) in rows:
-            yield run_id
-
-
-def _point_rows(run_id: str, points: Sequence[MetricPoint]) -> tuple[list[tuple], dict]:
-    """Return the metric_points rows of `points` and their keys in first-seen order.
-
-    Points that share one timestamp object (a series, or `log_metrics`) convert
-    it to microseconds once.
-    """
-    rows = []
-    keys: dict[str, None] = {}
-    last_stamp = None
-    micros = 0
-    for point in points:
-        value = point.value
-        bits = None
-        if not (-_MAX_FLOAT <= value <= _MAX_FLOAT and value != 0.0):
-            if value != value or value in _INFINITIES or math.copysign(1.0, value) < 0:
-                value, bits = None, struct.pack(">d", value).hex()
-        stamp = point.timestamp
-        if stamp is not last_stamp:
-            micros = to_micros(stamp)
-            last_stamp = stamp
-        extra = _dumps(point.extras()) if point.has_extras() else None
-        key = point.key
-        keys[key] = None
-        rows.append((run_id, key, point.step, micros, point.seq, value, bits, extra))
-    return rows, keys
-
-
-def _point(run_id: str, key: str, row: Sequence[Any]) -> MetricPoint:
-    seq, step, ts, value, bits, extra = row
-    point = MetricPoint(run_id=run_id, key=key, value=_float_value(value, bits), step=step,
-                        timestamp=from_micros(ts), seq=seq)
-    return point.with_extras(json.loads(extra)) if extra else point
-
-
 class LocalLineageRepository(LineageRepository):
     def __init__(self, db: _Database) -> None:
         self.db = db
@@ -834,7 +704,7 @@ class LocalBackend(Backend):
             raise BackendUnavailableError(
                 f"cannot create the folder for the local store {str(self.path)!r}: {error}",
                 str(self.path)) from error
-        script = _SCHEMA + "".join(_entity_schema(table, cls.kind)
+        script = METRICS_SCHEMA + _SCHEMA + "".join(_entity_schema(table, cls.kind)
                                    for table, cls in _ENTITY_TYPES.items())
         try:
             self.db.connection().executescript(script)
@@ -843,7 +713,19 @@ class LocalBackend(Backend):
                 f"{str(self.path)!r} is not a usable mltrail store: {error}",
                 str(self.path)) from error
         self._index_run_fields()
+        self._pack_point_rows()
         self._initialized = True
+
+    def _pack_point_rows(self) -> None:
+        """Move the points of a store written before chunks into `metric_chunks`, once."""
+        exists = ("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND "
+                  "name = 'metric_points'")
+        if not self.db.query(exists):
+            return
+        with self.db.write() as conn:
+            if conn.execute(exists).fetchone():
+                moved = migrate_point_rows(conn)
+                logger.info("packed %d metric points of %s into chunks", moved, self.path)
 
     def _index_run_fields(self) -> None:
         """Fill `run_fields` once for a store written before that table existed.

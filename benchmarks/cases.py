@@ -200,6 +200,13 @@ def reads(
             )
         }
         if local_path:
+            # The cursor reads the same values from one row per point, written
+            # beside the store's chunks and not timed.
+            rows = [(long_id, *row[1:]) for row in long_rows(long)]
+            writer = SqliteRawWriter(str(store.backend.path))
+            for start in range(0, len(rows), writer.batch_rows):
+                writer.write(writer.convert(rows[start:start + writer.batch_rows]))
+            writer.conn.close()
             history["sqlite3"] = run_worker(
                 {
                     "kind": "sqlite-history",

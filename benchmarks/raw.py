@@ -4,9 +4,10 @@ These writers give the ceiling for a store: no validation, no ids, no model
 objects, only the driver call. Rows are converted to the driver's format
 before the clock starts, and only the write calls are timed.
 
-Layouts: `local` writes the very rows of mltrail's `metric_points` table (same
-file layout, created by the local backend itself) plus one `metric_latest` row
-per metric. The NoSQL writers store one item or document per point, keyed by
+Layouts: `local` writes one row per point into a `raw_points` table, keyed by
+(run, metric, step, timestamp, seq) like the row-per-point layout the local
+backend used before it packed points into chunks, in a file the local backend
+created (same pragmas), plus one `metric_latest` row per metric. The NoSQL writers store one item or document per point, keyed by
 run, metric, step, timestamp and seq, in a table or collection of their own.
 """
 
@@ -76,12 +77,21 @@ def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
 # ----------------------------------------------------------------------
 
 
-class SqliteRawWriter(RawWriter):
-    """sqlite3 `executemany` into the local backend's own `metric_points` table.
+RAW_POINTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS raw_points (
+    run_id TEXT NOT NULL, key TEXT NOT NULL, step INTEGER NOT NULL,
+    ts INTEGER NOT NULL, seq TEXT NOT NULL, value REAL, bits TEXT, extra TEXT,
+    PRIMARY KEY (run_id, key, step, ts, seq)
+) WITHOUT ROWID
+"""
 
-    The file is created by the local backend, so the table, its primary key and
-    the pragmas (WAL journal, synchronous NORMAL) are the ones mltrail uses.
-    Each batch of BATCH_ROWS rows is one transaction.
+
+class SqliteRawWriter(RawWriter):
+    """sqlite3 `executemany` of one row per point into a `raw_points` table.
+
+    The file is created by the local backend, so the pragmas (WAL journal,
+    synchronous NORMAL) are the ones mltrail uses, and `metric_latest` is the
+    backend's own table. Each batch of BATCH_ROWS rows is one transaction.
     """
 
     def __init__(self, path: str, on_close: Callable[[], None] | None = None) -> None:
@@ -89,6 +99,7 @@ class SqliteRawWriter(RawWriter):
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute(RAW_POINTS_SCHEMA)
 
     def convert(self, rows: list[Row]) -> list[tuple]:
         return [(*row, None, None) for row in rows]
@@ -96,7 +107,7 @@ class SqliteRawWriter(RawWriter):
     def write(self, batch: list[tuple]) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.executemany(
-            "INSERT OR REPLACE INTO metric_points (run_id, key, step, ts, seq, value, "
+            "INSERT OR REPLACE INTO raw_points (run_id, key, step, ts, seq, value, "
             "bits, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             batch,
         )

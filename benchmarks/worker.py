@@ -39,7 +39,7 @@ def _mltrail_history(task: dict[str, Any]) -> Iterable[Any]:
 def _sqlite_history(task: dict[str, Any]) -> Iterable[Any]:
     conn = sqlite3.connect(task["path"])
     return conn.execute(
-        "SELECT seq, step, ts, value, bits, extra FROM metric_points WHERE run_id = ? "
+        "SELECT seq, step, ts, value, bits, extra FROM raw_points WHERE run_id = ? "
         "AND key = ? ORDER BY step, ts, seq",
         [task["run_id"], task["key"]],
     )

@@ -96,7 +96,7 @@ def test_reimport_adds_no_rows(open_store, tmp_path):
     target = open_store("local")
     import_archive(target, tmp_path / "a.mltrail")
     path = target.backend.path
-    tables = ("runs", "metric_points", "lineage_edges")
+    tables = ("runs", "metric_chunks", "lineage_edges")
     counts = {table: table_count(path, table) for table in tables}
     again = import_archive(target, tmp_path / "a.mltrail")
     assert again.audit.startswith("already present")

@@ -72,8 +72,9 @@ class TelemetryCases:
         if "items_written" in grown:
             assert grown["items_written"] > 0, grown
         if "bytes_written" in grown:
-            # Every point carries at least its 8-byte float value.
-            assert grown["bytes_written"] >= 8 * count, grown
+            # Even compressed, 200 distinct full-precision doubles take more
+            # than a byte each.
+            assert grown["bytes_written"] >= count, grown
 
     def test_counters_unchanged_by_reads(self, store):
         experiment = store.create_experiment("telemetry")

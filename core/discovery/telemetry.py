@@ -233,7 +233,7 @@ class Telemetry:
         `counted` is True when the backend reports items and bytes written.
         """
         if counted is None:
-            counted = hasattr(self.backend, "telemetry_counters")
+            counted = getattr(self.backend, "telemetry_counters", None) is not None
         with self._lock:
             copied = {k: WriteStats(**vars(v)) for k, v in self.writes.items()}
         return [_write_row(name, copied[name], counted) for name in sorted(copied)]
