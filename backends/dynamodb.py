@@ -118,6 +118,7 @@ FIELD_SLOTS: dict[str, dict[str, tuple[str, str]]] = {
 AUDIT_SLOT = (FIELD_INDEXES[0], FIELD_KEYS[0])
 
 NATIVE_ORDER_FIELDS = frozenset({"created_at"})
+UNKNOWN = "unknown"
 TABLE_WAIT_SECONDS = 300.0
 RETRY_ATTEMPTS = 10
 
@@ -479,6 +480,109 @@ class _RequestLock:
                 self._file = None
 
 
+# Requests that write items. `_Table.call` counts what each one applied.
+WRITE_OPERATIONS = frozenset({"put_item", "delete_item", "batch_write_item",
+                              "transact_write_items"})
+
+
+class _WriteCounters:
+    """Items, bytes and write capacity applied by one table's successful writes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.items = 0
+        self.bytes = 0
+        self.capacity_units = 0.0
+
+    def add(self, operation: str, request: dict[str, Any],
+            response: dict[str, Any], table: str) -> None:
+        items, size = _applied_writes(operation, request, response, table)
+        units = _capacity_units(response.get("ConsumedCapacity"))
+        with self._lock:
+            self.items += items
+            self.bytes += size
+            self.capacity_units += units
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            # DynamoDB charges writes in whole units, so rounding loses nothing.
+            return {"items_written": self.items, "bytes_written": self.bytes,
+                    "write_capacity_units": round(self.capacity_units)}
+
+
+def _applied_writes(operation: str, request: dict[str, Any],
+                    response: dict[str, Any], table: str) -> tuple[int, int]:
+    """Return (items, bytes) that a successful write request applied.
+
+    Only puts add bytes, the size of the item put. A delete adds an item
+    whether or not the key existed, as DynamoDB charges a write for both.
+    """
+    if operation == "put_item":
+        return 1, item_bytes(request["Item"])
+    if operation == "delete_item":
+        return 1, 0
+    if operation == "batch_write_item":
+        sent = request["RequestItems"][table]
+        unprocessed = response.get("UnprocessedItems", {}).get(table, [])
+        return len(sent) - len(unprocessed), _put_bytes(sent) - _put_bytes(unprocessed)
+    actions = [a for a in request["TransactItems"] if "ConditionCheck" not in a]
+    size = sum(item_bytes(a["Put"]["Item"]) for a in actions if "Put" in a)
+    return len(actions), size
+
+
+def _put_bytes(writes: list[dict[str, Any]]) -> int:
+    """Sum the item sizes of the PutRequests among BatchWriteItem writes."""
+    return sum(item_bytes(w["PutRequest"]["Item"]) for w in writes if "PutRequest" in w)
+
+
+def _capacity_units(consumed: Any) -> float:
+    """Sum `CapacityUnits` of a ConsumedCapacity entry or a list of them."""
+    if isinstance(consumed, dict):
+        consumed = [consumed]
+    return sum(float(entry.get("CapacityUnits", 0)) for entry in consumed or [])
+
+
+def item_bytes(item: Item) -> int:
+    """Return the size of a low-level item as DynamoDB counts it for capacity.
+
+    The rules are those of "DynamoDB item sizes and formats" in the DynamoDB
+    Developer Guide: attribute name bytes plus value bytes. The size of a
+    number is approximate there too. The 100 bytes of storage overhead per
+    item are not included.
+    """
+    return sum(len(name.encode("utf-8")) + _value_bytes(value)
+               for name, value in item.items())
+
+
+def _value_bytes(value: dict[str, Any]) -> int:
+    (kind, data), = value.items()
+    if kind == "S":
+        return len(data.encode("utf-8"))
+    if kind == "N":
+        return _number_bytes(data)
+    if kind == "B":
+        return len(data)
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "L":
+        return 3 + sum(1 + _value_bytes(element) for element in data)
+    if kind == "M":
+        return 3 + sum(1 + len(name.encode("utf-8")) + _value_bytes(element)
+                       for name, element in data.items())
+    if kind == "SS":
+        return sum(len(text.encode("utf-8")) for text in data)
+    if kind == "NS":
+        return sum(_number_bytes(text) for text in data)
+    return sum(len(blob) for blob in data)  # BS
+
+
+def _number_bytes(text: str) -> int:
+    """Return about one byte per two significant digits, plus one byte."""
+    mantissa = text.lstrip("+-").lower().split("e")[0].replace(".", "")
+    digits = len(mantissa.strip("0")) or 1
+    return (digits + 1) // 2 + 1
+
+
 class _Table:
     """One DynamoDB table: its client, translated errors, retries and creation.
 
@@ -496,6 +600,7 @@ class _Table:
         self._layout: _Layout | None = None
         self._request_lock = _RequestLock(config.endpoint) \
             if config.serialize and config.endpoint else None
+        self.counters = _WriteCounters()
 
     @property
     def client(self) -> Any:
@@ -536,17 +641,28 @@ class _Table:
             raise _translate(error, operation, self.name) from error
 
     def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """Send one request once the table is ready, retrying transient conflicts."""
+        """Send one request once the table is ready, retrying transient conflicts.
+
+        Every write of the repositories goes through here, so the table's
+        counters add what each successful write applied.
+        """
         self.ensure_ready()
+        writes = operation in WRITE_OPERATIONS
+        if writes:
+            kwargs.setdefault("ReturnConsumedCapacity", "TOTAL")
         for attempt in range(RETRY_ATTEMPTS):
             try:
-                return self.request(operation, **kwargs)
+                response = self.request(operation, **kwargs)
             except _TransientConflict:
                 if attempt == RETRY_ATTEMPTS - 1:
                     raise
                 logger.debug("%s on %s met a transaction, retrying (attempt %d)",
                              operation, self.name, attempt + 1)
                 _backoff(attempt)
+                continue
+            if writes:
+                self.counters.add(operation, kwargs, response, self.name)
+            return response
         raise AssertionError("unreachable")
 
     def get(self, key: Item, attributes: Sequence[str]) -> Item | None:
@@ -1755,8 +1871,65 @@ class DynamoDBBackend(Backend):
     def initialize(self) -> None:
         self._table.ensure_ready()
 
+    def telemetry_counters(self) -> dict[str, int]:
+        """Return what this backend's successful writes applied since it was opened.
+
+        `items_written` counts the items put or deleted, audit, blob and
+        lineage items included. A delete counts whether or not the item
+        existed. A write whose condition failed counts nothing. `bytes_written`
+        sums `item_bytes` of the items put. `write_capacity_units` sums the
+        ConsumedCapacity that DynamoDB returned for the writes.
+
+        NOTE: moto 5.2 returns no real capacity: 1 unit per PutItem or
+        DeleteItem and per BatchWriteItem request whatever their size, and
+        none for TransactWriteItems.
+        """
+        return self._table.counters.snapshot()
+
+    def storage_stats(self) -> dict[str, Any]:
+        """Return the table's size and item count from DescribeTable.
+
+        The store is one table, so `collections` has one entry. Its `bytes` is
+        TableSizeBytes, `index_bytes` the sum of the global secondary indexes'
+        IndexSizeBytes, and `indexes` has each index's figures. AWS refreshes
+        these figures about every six hours, so recent writes may be missing.
+        A figure the server leaves out is "unknown", and so is `total_bytes`
+        then. moto 5.2 reports TableSizeBytes as 0, the current ItemCount, and
+        no index figures.
+        """
+        table = self._table.name
+        try:
+            response = self._table.request("describe_table", TableName=table)
+        except BackendUnavailableError as error:
+            if getattr(error, "aws_code", None) != "ResourceNotFoundException":
+                raise
+            raise NotFoundError(f"DynamoDB table {table!r} not found; open the store "
+                                "once to create it", table) from error
+        return _table_storage(response["Table"])
+
     def close(self) -> None:
         self._table.close()
+
+
+def _table_storage(description: dict[str, Any]) -> dict[str, Any]:
+    """Turn a DescribeTable description into the `storage_stats` result."""
+    indexes = {
+        index["IndexName"]: {"bytes": index.get("IndexSizeBytes", UNKNOWN),
+                             "items": index.get("ItemCount", UNKNOWN)}
+        for index in description.get("GlobalSecondaryIndexes", [])}
+    sizes = [figures["bytes"] for figures in indexes.values()]
+    index_bytes = UNKNOWN if UNKNOWN in sizes else sum(sizes)
+    table_bytes = description.get("TableSizeBytes", UNKNOWN)
+    known = UNKNOWN not in (table_bytes, index_bytes)
+    items = description.get("ItemCount", UNKNOWN)
+    return {
+        "collections": {description["TableName"]: {
+            "bytes": table_bytes, "index_bytes": index_bytes, "items": items,
+            "indexes": indexes}},
+        "total_bytes": table_bytes + index_bytes if known else UNKNOWN,
+        "total_items": items,
+        "method": "describe_table",
+    }
 
 
 class DynamoDBConformanceHarness:

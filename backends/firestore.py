@@ -149,6 +149,11 @@ DELETE_PAGE_SIZE = 500
 GET_ALL_CHUNK = 300
 MAX_PRECONDITION_ATTEMPTS = 30
 RECENT_STATES_SIZE = 4_096
+# `storage_stats` counts at most this many documents per collection. Firestore
+# bills a count query one document read per 1,000 index entries it matches
+# (at least one), so a call costs at most 100 reads per collection.
+STORAGE_COUNT_LIMIT = 100_000
+UNKNOWN = "unknown"
 
 NATIVE_ORDER_FIELD = "created_at"
 ASCENDING = "ASCENDING"
@@ -896,6 +901,65 @@ class _Write:
             batch.delete(self.reference, option=self.option)
 
 
+class _WriteCounters:
+    """Documents written by one connection's successful commits, and their bytes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.documents = 0
+        self.bytes = 0
+
+    def add(self, writes: Sequence[_Write], results: Sequence[Any]) -> None:
+        size = sum(estimated_write_bytes(write) for write in writes)
+        with self._lock:
+            self.documents += len(results)
+            self.bytes += size
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"items_written": self.documents, "bytes_written": self.bytes}
+
+
+def estimated_write_bytes(write: _Write) -> int:
+    """Estimate the bytes one write stores, by Firestore's storage size rules.
+
+    The rules are those of "Storage size calculations" in the Firestore
+    documentation. A set or create counts the size of the whole document: its
+    name, its fields and 32 bytes. An update counts the same for the fields
+    it sends only, with a dotted field path sized as one name. A delete
+    counts 0.
+    """
+    if write.operation == "delete":
+        return 0
+    segments = write.reference.path.split("/")
+    name = sum(_string_bytes(segment) for segment in segments) + 16
+    return name + _map_bytes(write.data or {}) + 32
+
+
+def _string_bytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass")) + 1
+
+
+def _map_bytes(fields: dict[str, Any]) -> int:
+    return sum(_string_bytes(name) + _value_bytes(v) for name, v in fields.items())
+
+
+def _value_bytes(value: Any) -> int:
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, str):
+        return _string_bytes(value)
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, dict):
+        return _map_bytes(value)
+    if isinstance(value, (list, tuple)):
+        return sum(_value_bytes(element) for element in value)
+    # Integers, floats and timestamps take 8 bytes. The backend writes no
+    # other types (references, geographical points, vectors).
+    return 8
+
+
 _EMULATOR_ENV_LOCK = threading.Lock()
 
 
@@ -941,6 +1005,7 @@ class _Connection:
         # Paths of the documents this connection wrote, kept when a test harness
         # requests it, so that it can delete them without queries.
         self.written: dict[str, Any] | None = {} if track_writes else None
+        self.counters = _WriteCounters()
         transient = (
             google_exceptions.ServiceUnavailable,
             google_exceptions.ResourceExhausted,
@@ -1018,14 +1083,29 @@ class _Connection:
             cursor = snapshots[-1]
 
     def commit(self, writes: Sequence[_Write], action: str) -> list[Any]:
-        """Apply writes in one atomic commit; return the write results."""
+        """Apply writes in one atomic commit; return the write results.
+
+        Every write of the backend goes through here, so the connection's
+        counters add the documents of each successful commit.
+        """
         batch = self.client.batch()
         for write in writes:
             write.apply(batch)
             if self.written is not None:
                 self.written[write.reference.path] = write.reference
         with _driver_errors(action):
-            return batch.commit(**self.write_options)
+            results = batch.commit(**self.write_options)
+        self.counters.add(writes, results)
+        return results
+
+    def count(self, kind: str, limit: int) -> int:
+        """Count a collection's documents with an aggregation query, up to `limit`."""
+        name = COLLECTIONS[kind]
+        query = self.collection(kind).limit(limit).count(alias="documents")
+        with _driver_errors(f"count the documents of collection {name!r}"):
+            result = query.get(**self.read_options)
+        # The emulator returns the count of an empty collection as 0.0.
+        return int(result[0][0].value)
 
     def commit_all(self, writes: Sequence[_Write], action: str) -> None:
         """Apply writes in as few commits as the limits allow; not atomic as a whole."""
@@ -2043,6 +2123,41 @@ class FirestoreBackend(Backend):
     @property
     def url(self) -> str:
         return self.settings.to_url()
+
+    def telemetry_counters(self) -> dict[str, int]:
+        """Return what this backend's successful commits wrote since it was opened.
+
+        `items_written` counts the documents set, created, updated or deleted,
+        one per write result, audit, blob and lineage documents included. A
+        commit that Firestore rejected, such as one whose precondition failed,
+        counts nothing. `bytes_written` is an estimate from
+        `estimated_write_bytes`.
+        """
+        return self._conn.counters.snapshot()
+
+    def storage_stats(self) -> dict[str, Any]:
+        """Count the documents of each collection, and report bytes as "unknown".
+
+        Neither Firestore's client API nor its emulator reports storage sizes,
+        so `bytes`, `index_bytes` and `total_bytes` are "unknown". Each
+        collection's `documents` comes from a count query, which stops at
+        `STORAGE_COUNT_LIMIT`. `documents_exact` is False when it stopped.
+        """
+        collections = {}
+        for kind, name in COLLECTIONS.items():
+            documents = self._conn.count(kind, STORAGE_COUNT_LIMIT)
+            collections[name] = {
+                "bytes": UNKNOWN,
+                "index_bytes": UNKNOWN,
+                "documents": documents,
+                "documents_exact": documents < STORAGE_COUNT_LIMIT,
+            }
+        return {
+            "collections": collections,
+            "total_bytes": UNKNOWN,
+            "total_documents": sum(c["documents"] for c in collections.values()),
+            "method": "document_count",
+        }
 
     def close(self) -> None:
         self._conn.close()

@@ -513,3 +513,220 @@ def test_newer_layout_rejected(backend, harness):
     with pytest.raises(BackendUnavailableError) as caught:
         reopened.initialize()
     assert "layout version 2" in str(caught.value)
+
+
+# ----------------------------------------------------------------------
+# Telemetry: write counters and storage figures
+# ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("item,size", [
+    ({"pk": {"S": "ab"}}, 2 + 2),
+    ({"名": {"S": "前"}}, 3 + 3),
+    ({"n": {"N": "123"}}, 1 + 3),
+    ({"n": {"N": "-0.00120"}}, 1 + 2),
+    ({"n": {"N": "0"}}, 1 + 2),
+    ({"b": {"B": b"\x00\x01\x02"}}, 1 + 3),
+    ({"m": {"M": {"a": {"S": "xy"}}}}, 1 + 3 + (1 + 1 + 2)),
+    ({"l": {"L": [{"BOOL": True}, {"NULL": True}]}}, 1 + 3 + 2 + 2),
+    ({"s": {"SS": ["a", "bc"]}}, 1 + 3),
+])
+def test_item_bytes_follow_dynamodb_rules(item, size):
+    assert dynamodb.item_bytes(item) == size
+
+
+def test_table_storage_sums_indexes():
+    description = {
+        "TableName": "p-records", "TableSizeBytes": 1000, "ItemCount": 7,
+        "GlobalSecondaryIndexes": [
+            {"IndexName": "list-index", "IndexSizeBytes": 300, "ItemCount": 5},
+            {"IndexName": "field1-index", "IndexSizeBytes": 200, "ItemCount": 2},
+        ],
+    }
+    stats = dynamodb._table_storage(description)
+    figures = stats["collections"]["p-records"]
+    assert figures["bytes"] == 1000
+    assert figures["index_bytes"] == 500
+    assert figures["items"] == 7
+    assert figures["indexes"]["list-index"] == {"bytes": 300, "items": 5}
+    assert stats["total_bytes"] == 1500
+    assert stats["method"] == "describe_table"
+
+
+def test_table_storage_without_index_sizes():
+    description = {"TableName": "p-records", "TableSizeBytes": 0, "ItemCount": 3,
+                   "GlobalSecondaryIndexes": [{"IndexName": "list-index"}]}
+    stats = dynamodb._table_storage(description)
+    assert stats["collections"]["p-records"]["index_bytes"] == "unknown"
+    assert stats["total_bytes"] == "unknown"
+    assert stats["total_items"] == 3
+
+
+def test_storage_stats_unreachable_names_table(no_aws_configuration):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    backend = DynamoDBBackend.from_url(
+        f"dynamodb://127.0.0.1:{port}/p?region=us-east-1&tls=false")
+    with pytest.raises(BackendUnavailableError) as caught:
+        backend.storage_stats()
+    assert "p-records" in str(caught.value)
+    backend.close()
+
+
+def _scanned(backend) -> list[dict]:
+    """Return every item of the backend's table with a raw Scan, for checks only."""
+    client = backend._table.client
+    request = {"TableName": backend.table_name, "ConsistentRead": True}
+    items = []
+    while True:
+        response = client.scan(**request)
+        items += response["Items"]
+        if "LastEvaluatedKey" not in response:
+            return items
+        request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+
+def _grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {key: after[key] - before[key] for key in before}
+
+
+def _loss_points(count: int) -> list[dict]:
+    return [{"key": "loss", "value": step / 7, "step": step} for step in range(count)]
+
+
+@needs_emulator
+def test_counters_start_at_zero(backend):
+    assert backend.telemetry_counters() == {
+        "items_written": 0, "bytes_written": 0, "write_capacity_units": 0}
+
+
+@needs_emulator
+def test_counters_match_items_stored(store):
+    # This workload never overwrites or deletes an item, so the new table
+    # contains each item written exactly once.
+    experiment = store.create_experiment("counted")
+    run = store.create_run(experiment.id, params={"lr": 0.1})
+    store.log_metrics(run.id, _loss_points(50))
+    counters = store.backend.telemetry_counters()
+    items = _scanned(store.backend)
+    assert counters["items_written"] == len(items)
+    assert counters["bytes_written"] == sum(dynamodb.item_bytes(i) for i in items)
+
+
+@needs_emulator
+def test_metric_append_counts_four_items(store):
+    backend = store.backend
+    run = store.create_run(store.create_experiment("e").id)
+    before = backend.telemetry_counters()
+    store.log_metrics(run.id, _loss_points(200))
+    grown = _grown(before, backend.telemetry_counters())
+    # One chunk of packed points, the bucket list, the run's entry in the
+    # list of runs with metrics, and the latest point.
+    written = (_items(backend, dynamodb._points_pk(run.id, "loss", 0))
+               + _items(backend, f"buckets|{run.id}|loss")
+               + _items(backend, f"metrics|{run.id}")
+               + _items(backend, f"latest|{run.id}"))
+    assert len(written) == 4
+    assert grown["items_written"] == 4
+    assert grown["bytes_written"] == sum(dynamodb.item_bytes(i) for i in written)
+
+
+@needs_emulator
+def test_blob_put_costs_one_capacity_unit(backend):
+    before = backend.telemetry_counters()
+    backend.blobs.put("notes", "k1", {"text": "small"})
+    grown = _grown(before, backend.telemetry_counters())
+    (item,) = _items(backend, "blob|notes")
+    assert grown["items_written"] == 1
+    assert grown["bytes_written"] == dynamodb.item_bytes(item)
+    # An item under 1 KB costs one write unit on AWS, and moto charges one per put.
+    assert grown["write_capacity_units"] == 1
+
+
+@needs_emulator
+def test_delete_counts_items_without_bytes(backend):
+    backend.blobs.put("notes", "k1", {"text": "small"})
+    before = backend.telemetry_counters()
+    backend.blobs.delete("notes", "k1")
+    grown = _grown(before, backend.telemetry_counters())
+    assert grown["items_written"] == 1
+    assert grown["bytes_written"] == 0
+
+
+@needs_emulator
+def test_reads_leave_counters_unchanged(store):
+    experiment = store.create_experiment("read")
+    run = store.create_run(experiment.id, params={"lr": 0.1})
+    store.log_metrics(run.id, _loss_points(3))
+    store.backend.blobs.put("notes", "k1", {"text": "small"})
+    before = store.backend.telemetry_counters()
+    store.get_run(run.id)
+    store.get_experiment(experiment.id)
+    store.search_runs("params.lr > 0", experiment_ids=[experiment.id])
+    list(store.metric_history(run.id, "loss"))
+    store.latest_metrics(run.id)
+    list(store.audit_log())
+    store.backend.blobs.get("notes", "k1")
+    list(store.backend.blobs.scan("notes"))
+    store.backend.storage_stats()
+    assert store.backend.telemetry_counters() == before
+
+
+@needs_emulator
+def test_failed_conditions_not_counted(store):
+    from mltrail.domain import Experiment
+
+    backend = store.backend
+    experiment = store.create_experiment("taken")
+    run = store.create_run(experiment.id)
+    before = backend.telemetry_counters()
+    with pytest.raises(AlreadyExistsError):
+        backend.runs.insert(run)  # a conditional put
+    with pytest.raises(AlreadyExistsError):
+        backend.experiments.insert(Experiment(name="taken"))  # a cancelled transaction
+    with pytest.raises(ConflictError):
+        backend.runs.update(replace(run, revision=run.revision + 2))
+    assert backend.telemetry_counters() == before
+
+
+@needs_emulator
+def test_beaten_latest_point_not_counted(store):
+    run = store.create_run(store.create_experiment("e").id)
+    store.log_metrics(run.id, [{"key": "a", "value": 9.0, "step": 9}])
+    before = store.backend.telemetry_counters()
+    store.log_metrics(run.id, [{"key": "a", "value": 1.0, "step": 1}])
+    grown = _grown(before, store.backend.telemetry_counters())
+    # The chunk, the bucket list and the run's list entry are written. The
+    # conditional put of the latest point fails because step 9 is later.
+    assert grown["items_written"] == 3
+    assert store.latest_metrics(run.id)["a"].step == 9
+
+
+@needs_emulator
+def test_storage_stats_of_table(store):
+    store.create_experiment("sized")
+    backend = store.backend
+    stats = backend.storage_stats()
+    assert stats["method"] == "describe_table"
+    assert list(stats["collections"]) == [backend.table_name]
+    figures = stats["collections"][backend.table_name]
+    assert isinstance(figures["bytes"], int)
+    assert figures["bytes"] >= 0
+    assert isinstance(figures["items"], int)
+    assert figures["items"] >= 0
+    assert set(figures["indexes"]) == {dynamodb.LIST_INDEX, *dynamodb.FIELD_INDEXES}
+    if stats["total_bytes"] != "unknown":
+        assert stats["total_bytes"] == figures["bytes"] + figures["index_bytes"]
+
+
+@needs_emulator
+def test_storage_stats_of_missing_table(harness):
+    config = replace(harness.config, prefix=f"absent-{os.getpid()}")
+    backend = DynamoDBBackend(config)
+    try:
+        with pytest.raises(NotFoundError) as caught:
+            backend.storage_stats()
+        assert config.table_name in str(caught.value)
+    finally:
+        backend.close()

@@ -7,8 +7,10 @@ up firestore`) and skip without it.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -1038,3 +1040,185 @@ def test_value_bits_in_latest_document(store):
     # The entry starts with step and time (8 bytes each), then the value's bits.
     assert entry[16:24] == struct.pack(">d", payload)
     assert bits(store.latest_metrics(run.id)["m"].value) == bits(payload)
+
+
+# ---------------------------------------------------------------------------
+# Telemetry: write counters and storage figures
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline_client():
+    """A client that is never used for a request, only to build references."""
+    from google.auth.credentials import AnonymousCredentials
+
+    client = fs.firestore.Client(project="p", credentials=AnonymousCredentials())
+    yield client
+    client.close()
+
+
+def test_estimated_bytes_of_documented_example(offline_client):
+    # The example of Firestore's "Storage size calculations" page: a 44-byte
+    # name, 71 bytes of fields and 32 more bytes.
+    reference = offline_client.document("users/jeff/tasks/my_task_id")
+    data = {
+        "type": "Personal",
+        "done": False,
+        "priority": 1,
+        "description": "Learn Cloud Firestore",
+    }
+    assert fs.estimated_write_bytes(fs._Write("set", reference, data)) == 147
+
+
+def test_estimated_bytes_per_operation(offline_client):
+    reference = offline_client.document("c/d")
+    name = 2 + 2 + 16
+    data = {"b": b"\x00\x01", "t": T0, "m": {"x": [1.5, None]}, "n": None}
+    fields = (2 + 2) + (2 + 8) + (2 + (2 + 8 + 1)) + (2 + 1)
+    assert fs.estimated_write_bytes(fs._Write("create", reference, data)) == (
+        name + fields + 32
+    )
+    update = fs._Write("update", reference, {"k.`a`": "v"})
+    assert fs.estimated_write_bytes(update) == name + (6 + 2) + 32
+    assert fs.estimated_write_bytes(fs._Write("delete", reference)) == 0
+
+
+def _stored_bytes(backend) -> tuple[int, int]:
+    """Return the documents under the store's root and their estimated bytes."""
+    documents = 0
+    size = 0
+    for kind in fs.COLLECTIONS:
+        for snapshot in backend._conn.collection(kind).stream():
+            documents += 1
+            write = fs._Write("set", snapshot.reference, snapshot.to_dict())
+            size += fs.estimated_write_bytes(write)
+    return documents, size
+
+
+def _grown(before, after):
+    return {key: after[key] - before[key] for key in before}
+
+
+@needs_emulator
+def test_counters_start_at_zero(backend):
+    assert backend.telemetry_counters() == {"items_written": 0, "bytes_written": 0}
+
+
+@needs_emulator
+def test_counters_match_documents_stored(store):
+    # This workload only creates documents, so each one written is stored once.
+    store.create_experiment("counted")
+    store.backend.metrics.append("R1", _points(50))
+    store.backend.blobs.put("notes", "k1", {"text": "small"})
+    counters = store.backend.telemetry_counters()
+    documents, size = _stored_bytes(store.backend)
+    assert counters["items_written"] == documents
+    assert counters["bytes_written"] == size
+
+
+@needs_emulator
+def test_metric_append_counts_two_documents(store):
+    backend = store.backend
+    run = store.create_run(store.create_experiment("e").id)
+    before = backend.telemetry_counters()
+    store.log_metrics(
+        run.id, [{"key": "loss", "value": i / 7, "step": i} for i in range(200)]
+    )
+    grown = _grown(before, backend.telemetry_counters())
+    chunks = list(
+        backend._conn.collection("metric_chunk")
+        .where(filter=FieldFilter("run", "==", run.id))
+        .stream()
+    )
+    latest = backend._conn.collection("metric_latest").document(run.id).get()
+    written = [(s.reference, s.to_dict()) for s in [*chunks, latest]]
+    assert len(written) == 2
+    assert grown["items_written"] == 2
+    assert grown["bytes_written"] == sum(
+        fs.estimated_write_bytes(fs._Write("set", ref, data)) for ref, data in written
+    )
+    # Every point's step, time and value take 24 bytes of the chunk.
+    assert grown["bytes_written"] > 24 * 200
+
+
+@needs_emulator
+def test_reads_leave_counters_unchanged(store):
+    experiment = store.create_experiment("read")
+    run = store.create_run(experiment.id, params={"lr": 0.1})
+    store.log_metrics(run.id, [{"key": "loss", "value": 0.5, "step": 1}])
+    store.backend.blobs.put("notes", "k1", {"text": "small"})
+    before = store.backend.telemetry_counters()
+    store.get_run(run.id)
+    store.get_experiment(experiment.id)
+    store.search_runs("params.lr > 0", experiment_ids=[experiment.id])
+    list(store.metric_history(run.id, "loss"))
+    store.latest_metrics(run.id)
+    list(store.audit_log())
+    store.backend.blobs.get("notes", "k1")
+    list(store.backend.blobs.scan("notes"))
+    store.backend.storage_stats()
+    assert store.backend.telemetry_counters() == before
+
+
+@needs_emulator
+def test_rejected_writes_not_counted(store):
+    backend = store.backend
+    experiment = store.create_experiment("taken")
+    run = store.create_run(experiment.id)
+    before = backend.telemetry_counters()
+    with pytest.raises(AlreadyExistsError):
+        backend.runs.insert(run)
+    with pytest.raises(AlreadyExistsError):
+        backend.experiments.insert(Experiment(name="taken"))
+    with pytest.raises(ConflictError):
+        backend.runs.update(dataclasses.replace(run, revision=run.revision + 2))
+    assert backend.telemetry_counters() == before
+
+
+@needs_emulator
+def test_failed_precondition_not_counted(backend, other, caplog):
+    backend.metrics.append("R1", _points(2))
+    other.metrics.append("R1", [_point_at(50, 7.0, "X:000000")])
+    before = backend.telemetry_counters()
+    # The first commit carries a stale update time, so it fails, and the
+    # retry commits the chunk and the latest point.
+    with caplog.at_level(logging.DEBUG, logger=fs.__name__):
+        backend.metrics.append("R1", [_point_at(60, 3.0, "Y:000000")])
+    assert "changed concurrently, retrying" in caplog.text
+    grown = _grown(before, backend.telemetry_counters())
+    assert grown["items_written"] == 2
+    assert backend.metrics.latest(["R1"])["R1"]["m"].step == 60
+
+
+@needs_emulator
+def test_storage_stats_counts_documents(store):
+    store.create_experiment("sized")
+    stats = store.backend.storage_stats()
+    assert stats["method"] == "document_count"
+    assert stats["total_bytes"] == "unknown"
+    assert set(stats["collections"]) == set(fs.COLLECTIONS.values())
+    for figures in stats["collections"].values():
+        assert figures["bytes"] == "unknown"
+        assert figures["index_bytes"] == "unknown"
+        assert figures["documents_exact"] is True
+    documents = {
+        name: figures["documents"] for name, figures in stats["collections"].items()
+    }
+    # The experiment, its unique-key claim and its audit event.
+    assert documents["mltrail_experiments"] == 1
+    assert documents["mltrail_unique_keys"] == 1
+    assert documents["mltrail_audit"] == 1
+    assert documents["mltrail_runs"] == 0
+    assert stats["total_documents"] == 3
+
+
+@needs_emulator
+def test_storage_count_stops_at_limit(backend, monkeypatch):
+    monkeypatch.setattr(fs, "STORAGE_COUNT_LIMIT", 2)
+    for key in ("a", "b", "c"):
+        backend.blobs.put("notes", key, {"text": key})
+    collections = backend.storage_stats()["collections"]
+    assert collections["mltrail_blobs"]["documents"] == 2
+    assert collections["mltrail_blobs"]["documents_exact"] is False
+    assert collections["mltrail_experiments"]["documents"] == 0
+    assert collections["mltrail_experiments"]["documents_exact"] is True
