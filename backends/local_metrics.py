@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
 
 from mltrail.backend import MetricRepository
 from mltrail.clock import from_micros, to_micros
-from mltrail.domain import MetricPoint
+from mltrail.domain import MetricPoint, MetricSeries
 from mltrail.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -232,6 +232,28 @@ def _chunk(points: list[MetricPoint]) -> Chunk:
                  seqs, extras)
 
 
+def pack_series(series: MetricSeries) -> list[Chunk]:
+    """Split a series into chunks without building a `MetricPoint` per value.
+
+    A series whose steps never decrease is already in (step, seq) and history
+    order, because its points share one timestamp and its seqs grow with the
+    index, so its chunks are slices of its columns. Any other series goes
+    through `pack_points`, which sorts; both give the same chunks.
+    """
+    steps = series.steps
+    if not all(map(operator.le, steps, steps[1:])):
+        return pack_points(series.points())[0][1]
+    micros = to_micros(series.timestamp)
+    chunks = []
+    for start in range(0, len(steps), CHUNK_POINTS):
+        end = start + CHUNK_POINTS
+        part = array("q", steps[start:end])
+        chunks.append(Chunk(part, array("q", [micros]) * len(part),
+                            array("d", series.values[start:end]), series.seqs[start:end],
+                            None))
+    return chunks
+
+
 def chunk_digest(chunk: Chunk) -> str:
     """Return the chunk's identity among chunks of one metric with the same first step."""
     seqs = "\x00".join(sorted(chunk.seqs)).encode("utf-8")
@@ -284,6 +306,13 @@ class LocalMetricRepository(MetricRepository):
         if not points:
             return
         packed = pack_points(points)
+        with self.db.write() as conn:
+            write_chunks(conn, run_id, packed)
+
+    def append_series(self, run_id: str, series: Sequence[MetricSeries]) -> None:
+        packed = [(one.key, pack_series(one)) for one in series if len(one)]
+        if not packed:
+            return
         with self.db.write() as conn:
             write_chunks(conn, run_id, packed)
 

@@ -34,8 +34,8 @@ from mltrail.clock import new_id, to_utc, utcnow
 from mltrail.access import AccessPolicy
 from mltrail.config import Config, load_config
 from mltrail.domain import (
-    DEFAULT_NAMESPACE, Dataset, MetricPoint, ModelVersion, Run, RunStatus, check_float,
-    check_key, check_step,
+    DEFAULT_NAMESPACE, Dataset, MetricPoint, MetricSeries, ModelVersion, Run, RunStatus,
+    check_float, check_key, check_step,
 )
 from mltrail.errors import InvalidInputError
 from mltrail.limits import MAX_METRIC_BATCH, MAX_STEP
@@ -200,7 +200,11 @@ class ActiveRun:
         self._flush_at = math.inf
         self.manage_status = manage_status
         self._run_id = run.id
+        # Buffered points, and series from `log_metric_series`; `_buffered`
+        # counts the points of both, which is also the next seq index.
         self._buffer: list[MetricPoint] = []
+        self._series: list[MetricSeries] = []
+        self._buffered = 0
         self._new_batch()
         # Metric keys that already passed `check_key`, so a training loop that
         # logs the same few keys checks each of them once.
@@ -257,7 +261,7 @@ class ActiveRun:
         of its fast path. Any other point goes through `validate` itself.
         """
         buffer = self._buffer
-        index = len(buffer)
+        index = self._buffered
         if extra or type(value) is not float or type(step) is not int \
                 or not 0 <= step <= MAX_STEP or type(key) is not str \
                 or key not in self._checked_keys \
@@ -273,6 +277,7 @@ class ActiveRun:
                                 timestamp=timestamp or datetime.now(timezone.utc),
                                 seq=self._seq_prefix + _seq_suffix(index))
         buffer.append(point)
+        self._buffered = index + 1
         now = time.monotonic()
         if index == 0:
             self._flush_at = now + self.flush_seconds
@@ -282,9 +287,9 @@ class ActiveRun:
     def _flush_if_due(self, first_index: int) -> None:
         """Flush after points were buffered from position `first_index` on, if due."""
         now = time.monotonic()
-        if first_index == 0 and self._buffer:
+        if first_index == 0 and self._buffered:
             self._flush_at = now + self.flush_seconds
-        if len(self._buffer) >= self.flush_size or now >= self._flush_at:
+        if self._buffered >= self.flush_size or now >= self._flush_at:
             self.flush()
 
     def _remember_key(self, key: str) -> None:
@@ -344,21 +349,25 @@ class ActiveRun:
 
     def _buffer_plain_series(self, key: str, values: list[float], steps: list[int],
                              stamp: datetime) -> int:
-        """Buffer already validated points that share one timestamp and no extras."""
-        run_id = self._run_id
+        """Buffer an already validated series that shares one timestamp and has no extras.
+
+        It is kept as columns (`MetricSeries`), split where a flush falls due.
+        """
         position = 0
         while position < len(values):
-            buffer = self._buffer
-            start = len(buffer)
+            start = self._buffered
             room = max(1, self.flush_size - start)
             end = min(len(values), position + room)
-            prefix = self._seq_prefix
-            buffer.extend(
-                MetricPoint(run_id=run_id, key=key, value=value, step=step,
-                            timestamp=stamp, seq=prefix + _seq_suffix(index))
-                for index, value, step in zip(range(start, start + end - position),
-                                              values[position:end],
-                                              steps[position:end]))
+            count = end - position
+            if start + count <= len(_SEQ_SUFFIXES):
+                suffixes = _SEQ_SUFFIXES[start:start + count]
+            else:
+                suffixes = [_seq_suffix(index) for index in range(start, start + count)]
+            self._series.append(MetricSeries(
+                run_id=self._run_id, key=key, values=values[position:end],
+                steps=steps[position:end], timestamp=stamp,
+                seqs=list(map(self._seq_prefix.__add__, suffixes))))
+            self._buffered = start + count
             position = end
             self._flush_if_due(start)
         self._remember_key(key)
@@ -371,22 +380,24 @@ class ActiveRun:
                               timestamp=stamp, **extra).validate()
                   for value, step, stamp in zip(values, steps, stamps)]
         for point in points:
-            start = len(self._buffer)
+            start = self._buffered
             point.seq = self._seq_prefix + _seq_suffix(start)
             self._buffer.append(point)
+            self._buffered = start + 1
             self._flush_if_due(start)
         self._remember_key(key)
         return len(points)
 
     def flush(self) -> None:
-        """Write buffered metric points as one batch."""
-        if not self._buffer:
+        """Write buffered metric points and series as one batch."""
+        if not self._buffered:
             return
-        batch = self._buffer
         # The batch keeps its id until it is written, so a flush retried after a
         # failure overwrites whatever part of it reached the store.
-        self.store.append_prepared_points(self._run_id, batch)
+        self.store.append_prepared_points(self._run_id, self._buffer, self._series)
         self._buffer = []
+        self._series = []
+        self._buffered = 0
         self._flush_at = math.inf
         self._new_batch()
 

@@ -23,9 +23,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Iterable, Iterator, Sequence, TypeVar
 
+from mltrail import limits
 from mltrail.domain import (
     AuditEvent, Dataset, Entity, Experiment, LineageEdge, LineageNode, MetricPoint,
-    Model, ModelVersion, Run,
+    MetricSeries, Model, ModelVersion, Run,
 )
 from mltrail.query.ast import Expr
 from mltrail.query.evaluate import OrderKey
@@ -198,6 +199,17 @@ class MetricRepository(ABC):
         append to the same run at once. Batches hold at most
         `limits.MAX_METRIC_BATCH` points.
         """
+
+    def append_series(self, run_id: str, series: Sequence[MetricSeries]) -> None:
+        """Store validated series of one run, with the guarantees of `append`.
+
+        The default turns the series into points and calls `append` in batches
+        of at most `limits.MAX_METRIC_BATCH` points. A backend that can pack
+        columns directly overrides it.
+        """
+        points = [point for one in series for point in one.points()]
+        for batch in chunked(points, limits.MAX_METRIC_BATCH):
+            self.append(run_id, batch)
 
     @abstractmethod
     def history(

@@ -669,6 +669,33 @@ class MetricPoint:
         )
 
 
+@dataclass(slots=True)
+class MetricSeries:
+    """Validated points of one metric that share a timestamp and have no optional fields.
+
+    The columns are parallel lists: `values[i]` was logged at `steps[i]` with
+    seq `seqs[i]`. It is what `ActiveRun.log_metric_series` buffers, so a
+    backend can pack a whole series without building a `MetricPoint` per value.
+    """
+
+    run_id: str
+    key: str
+    values: list[float]
+    steps: list[int]
+    timestamp: datetime
+    seqs: list[str]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def points(self) -> list[MetricPoint]:
+        """Return the series as `MetricPoint` objects."""
+        run_id, key, stamp = self.run_id, self.key, self.timestamp
+        return [MetricPoint(run_id=run_id, key=key, value=value, step=step, timestamp=stamp,
+                            seq=seq)
+                for value, step, seq in zip(self.values, self.steps, self.seqs)]
+
+
 def is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 

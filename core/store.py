@@ -28,8 +28,8 @@ from mltrail.backend import Backend, EntityRepository, ScanRequest, chunked
 from mltrail.clock import new_id, to_utc, utcnow
 from mltrail.domain import (
     DEFAULT_NAMESPACE, AuditEvent, Dataset, EdgeType, Entity, Experiment, LineageEdge,
-    LineageNode, MetricPoint, Model, ModelVersion, NodeKind, Run, RunStatus,
-    check_id, check_key, check_name, check_namespace, check_tags, check_transition,
+    LineageNode, MetricPoint, MetricSeries, Model, ModelVersion, NodeKind, Run,
+    RunStatus, check_id, check_key, check_name, check_namespace, check_tags, check_transition,
 )
 from mltrail.errors import (
     AlreadyExistsError, ConflictError, InvalidInputError, NotFoundError,
@@ -503,17 +503,25 @@ class Store:
                     for index, point in enumerate(points)]
         return self.append_prepared_points(run_id, prepared)
 
-    def append_prepared_points(self, run_id: str, points: Sequence[MetricPoint]) -> int:
-        """Append points that are validated and carry their `seq` already.
+    def append_prepared_points(self, run_id: str, points: Sequence[MetricPoint],
+                               series: Sequence[MetricSeries] = ()) -> int:
+        """Append points and series that are validated and carry their seqs already.
 
         The Python API's buffered runs use this to avoid validating twice;
-        everyone else calls `log_metrics`.
+        everyone else calls `log_metrics`. Returns the number of points written.
         """
+        for one in series:
+            if one.run_id != run_id:
+                raise InvalidInputError(
+                    f"metric series for run {one.run_id!r} sent to run {run_id!r}",
+                    one.run_id)
         run = self.backend.runs.get(run_id)
         self._authorize(Role.WRITER, "log_metrics", run.namespace, "run", run.id)
         for chunk in chunked(points, limits.MAX_METRIC_BATCH):
             self.backend.metrics.append(run_id, chunk)
-        return len(points)
+        if series:
+            self.backend.metrics.append_series(run_id, list(series))
+        return len(points) + sum(len(one) for one in series)
 
     def log_metric(self, run_id: str, key: str, value: float, step: int = 0,
                    timestamp: datetime | None = None, **extra: Any) -> MetricPoint:

@@ -4,12 +4,17 @@ from datetime import datetime, timedelta, timezone
 
 import mltrail
 import pytest
+from mltrail.domain import MetricSeries
 from mltrail.errors import InvalidInputError
 
 
-@pytest.fixture
-def store():
-    return mltrail.connect("memory://")
+@pytest.fixture(params=["memory", "local"])
+def store(request, tmp_path):
+    # memory writes series through the contract's default `append_series`,
+    # local through its own column packing.
+    if request.param == "memory":
+        return mltrail.connect("memory://")
+    return mltrail.connect(f"local://{tmp_path}/series.db")
 
 
 def _bits(value):
@@ -140,3 +145,51 @@ def test_log_metrics_share_one_timestamp(store):
         run.log_metrics({"a": 1.0, "b": 2.0}, step=3)
     stamps = {p.timestamp for key in ("a", "b") for p in _history(store, run.id, key)}
     assert len(stamps) == 1
+
+
+def test_points_and_series_keep_log_order(store):
+    stamp = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    with mltrail.start_run(store, "exp") as run:
+        run.log_metric("m", 1.0, step=5, timestamp=stamp)
+        run.log_metric_series("m", [2.0, 3.0], steps=[5, 5], timestamps=stamp)
+        run.log_metric("m", 4.0, step=5, timestamp=stamp)
+    points = _history(store, run.id, "m")
+    assert [p.value for p in points] == [1.0, 2.0, 3.0, 4.0]
+    assert store.latest_metrics(run.id)["m"].value == 4.0
+
+
+def test_series_with_unsorted_steps(store):
+    with mltrail.start_run(store, "exp") as run:
+        run.log_metric_series("m", [3.0, 1.0, 2.0], steps=[30, 10, 20])
+    assert [(p.step, p.value) for p in _history(store, run.id, "m")] == [
+        (10, 1.0), (20, 2.0), (30, 3.0)]
+    assert store.latest_metrics(run.id)["m"].step == 30
+
+
+def test_series_retried_adds_nothing(store):
+    run = store.create_run(store.get_or_create_experiment("exp").id)
+    series = MetricSeries(run_id=run.id, key="m", values=[0.5, 0.25], steps=[1, 2],
+                          timestamp=datetime(2026, 3, 1, tzinfo=timezone.utc),
+                          seqs=["B1:0000000000", "B1:0000000001"])
+    assert store.append_prepared_points(run.id, [], [series]) == 2
+    store.append_prepared_points(run.id, [], [series])
+    assert [p.value for p in _history(store, run.id, "m")] == [0.5, 0.25]
+
+
+def test_series_for_other_run_rejected(store):
+    run = store.create_run(store.get_or_create_experiment("exp").id)
+    series = MetricSeries(run_id="OTHERRUN1", key="m", values=[0.5], steps=[1],
+                          timestamp=datetime(2026, 3, 1, tzinfo=timezone.utc),
+                          seqs=["B1:0000000000"])
+    with pytest.raises(InvalidInputError, match="OTHERRUN1"):
+        store.append_prepared_points(run.id, [], [series])
+    assert _history(store, run.id, "m") == []
+
+
+def test_series_flushes_with_points_in_one_batch(store):
+    with mltrail.start_run(store, "exp") as run:
+        run.log_metric("a", 1.0)
+        run.log_metric_series("b", [1.0, 2.0])
+    batches = {p.seq.rpartition(":")[0] for key in ("a", "b")
+               for p in _history(store, run.id, key)}
+    assert len(batches) == 1

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gc
+import struct
 import tracemalloc
 from datetime import timedelta
 
 import pytest
 
-from mltrail.domain import MetricPoint
+from mltrail.domain import MetricPoint, MetricSeries
 
 from mltrail.conformance.cases.support import BASE_TIME
 
@@ -187,6 +188,31 @@ class MetricCases:
         latest = store.latest_metrics(run.id)["m"]
         assert latest.step == 4_999
         assert latest.value == 4_999.0
+
+    def test_series_same_as_points(self, store):
+        by_series, by_points = _run(store), _run(store)
+        count = 5_000
+        values = [step / 3 for step in range(count)]
+        values[7] = float("nan")
+        steps = list(range(count))
+        steps[10], steps[11] = 11, 10
+        series = MetricSeries(run_id=by_series.id, key="m", values=values, steps=steps,
+                              timestamp=BASE_TIME, seqs=[f"S:{i:010d}" for i in range(count)])
+        store.backend.metrics.append_series(by_series.id, [series])
+        store.backend.metrics.append_series(by_series.id, [series])
+        store.backend.metrics.append(by_points.id, [
+            MetricPoint(run_id=by_points.id, key="m", value=value, step=step,
+                        timestamp=BASE_TIME, seq=seq)
+            for value, step, seq in zip(values, steps, series.seqs)])
+
+        def rows(run):
+            return [(p.step, p.timestamp, p.seq, struct.pack(">d", p.value))
+                    for p in store.metric_history(run.id, "m")]
+
+        assert rows(by_series) == rows(by_points)
+        assert len(rows(by_series)) == count
+        latest = store.latest_metrics(by_series.id)["m"]
+        assert (latest.step, latest.value) == (count - 1, (count - 1) / 3)
 
     def test_purged_run_has_no_metrics(self, store):
         run = _run(store)

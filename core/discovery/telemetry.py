@@ -47,7 +47,8 @@ UNKNOWN = "unknown"
 REPOSITORIES = ("experiments", "runs", "datasets", "models", "model_versions",
                 "metrics", "lineage", "audit", "blobs")
 # Repository methods that change stored data.
-WRITE_METHODS = frozenset({"insert", "update", "delete", "append", "put_node",
+WRITE_METHODS = frozenset({"insert", "update", "delete", "append", "append_series",
+                           "put_node",
                            "add_edge", "delete_node", "delete_run", "put"})
 QUERY_TEMPLATES = (
     "search_runs", "iter_runs", "best_runs", "aggregate", "compare_runs",
