@@ -160,6 +160,15 @@ CLAIM_GRACE_SECONDS = 60.0
 # CassandraEntityRepository._seen.
 SEEN_RECORDS = 4_096
 
+# Statements whose CQL starts with one of these change rows (see _written).
+WRITE_VERBS = ("INSERT", "UPDATE", "DELETE")
+# Token-range size estimates of each node's primary ranges. Cassandra
+# refreshes them from SSTables every 5 minutes by default.
+SELECT_SIZE_ESTIMATES = (
+    "SELECT table_name, mean_partition_size, partitions_count "
+    "FROM system.size_estimates WHERE keyspace_name = %s")
+UNKNOWN = "unknown"
+
 # CAS_WRITE_UNKNOWN of native protocol v5: the outcome of a lightweight
 # transaction is unknown. cassandra-driver 3.30 has no exception class for it.
 CAS_WRITE_UNKNOWN = 0x1700
@@ -908,12 +917,61 @@ def _release(connection: _Connection) -> None:
 # ---------------------------------------------------------------------------
 
 
+class _WriteCounters:
+    """Rows written through one backend object, and the bytes of their bound values.
+
+    Each INSERT, UPDATE or DELETE statement that ran counts one row, a batch
+    one row per statement, and a lightweight transaction only when it was
+    applied. A DELETE of a whole partition counts as one row, because Cassandra
+    writes one partition tombstone for it. Bytes are an estimate of what was
+    sent: the serialized bound values, keys and IF conditions included.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows = 0
+        self._bytes = 0
+
+    def add(self, statements: Iterable[Any]) -> None:
+        """Add the rows and bytes of statements that the server has executed."""
+        rows = size = 0
+        for statement in statements:
+            statement_rows, statement_bytes = _written(statement)
+            rows += statement_rows
+            size += statement_bytes
+        with self._lock:
+            self._rows += rows
+            self._bytes += size
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"items_written": self._rows, "bytes_written": self._bytes}
+
+
+def _written(statement: Any) -> tuple[int, int]:
+    """Return (rows, bytes of bound values) that a statement writes, (0, 0) for a read."""
+    if isinstance(statement, BatchStatement):
+        # NOTE: cassandra-driver 3.30 keeps a batch's serialized values only in
+        # this private attribute. A driver without it makes batches count 0 bytes.
+        entries = getattr(statement, "_statements_and_parameters", ())
+        return len(statement), sum(_bound_bytes(values) for _, _, values in entries)
+    query = statement.prepared_statement.query_string
+    if not query.lstrip().upper().startswith(WRITE_VERBS):
+        return 0, 0
+    return 1, _bound_bytes(statement.values)
+
+
+def _bound_bytes(values: Iterable[Any]) -> int:
+    return sum(len(value) for value in values if isinstance(value, bytes))
+
+
 class _Cql:
     """Runs prepared CQL for one store, translating every driver error."""
 
     def __init__(self, connection: _Connection, store: str) -> None:
         self.connection = connection
         self.store = store
+        self.counters = _WriteCounters()
 
     def _fail(self, error: BaseException) -> MltrailError:
         return translate_error(error, self.connection.where)
@@ -982,7 +1040,9 @@ class _Cql:
             results = execute_concurrent(session, bound, concurrency=CONCURRENCY,
                                          raise_on_first_error=True)
         except _driver_errors() as error:
+            # NOTE: statements that completed before the error are not counted.
             raise self._fail(error) from error
+        self.counters.add(statement for statement, _ in bound)
         return [result for _, result in results]
 
     def read_many(self, cql: str, params_list: Sequence[Sequence[Any]]) -> list[list]:
@@ -1008,7 +1068,8 @@ class _Cql:
 
         When the outcome is unknown (a Paxos timeout), `resolve` reads the row at
         serial consistency and returns the outcome, or None to send the
-        transaction again.
+        transaction again. The write counters count the statement only when the
+        returned outcome is applied.
         """
         if isinstance(statement, str):
             statement = self.bind(statement, params)
@@ -1016,6 +1077,8 @@ class _Cql:
         for attempt in range(MAX_CAS_ATTEMPTS):
             try:
                 result = session.execute(statement, execution_profile="conditional")
+                if result.was_applied:
+                    self.counters.add([statement])
                 return result.was_applied, (result.one() or {})
             except _driver_errors() as error:
                 if not _is_cas_unknown(error):
@@ -1024,6 +1087,8 @@ class _Cql:
                             "it back (attempt %d)", self.connection.where, attempt + 1)
             outcome = resolve()
             if outcome is not None:
+                if outcome[0]:
+                    self.counters.add([statement])
                 return outcome
             time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
         raise BackendUnavailableError(
@@ -2007,10 +2072,65 @@ class CassandraBackend(Backend):
                 "mltrail.connect", self.url)
         self._connection.connect()
 
+    def telemetry_counters(self) -> dict[str, int]:
+        """Return the rows written through this backend object since it was
+        opened, and an estimate of their bytes. See `_WriteCounters` for what
+        counts."""
+        return self.cql.counters.snapshot()
+
+    def storage_stats(self) -> dict[str, Any]:
+        """Return estimated bytes per table of the keyspace, from system.size_estimates.
+
+        A table's `bytes` is the sum of mean_partition_size * partitions_count
+        over the primary token ranges of every node, so it counts one replica.
+        These are estimates that each node refreshes from its SSTables
+        periodically (every 5 minutes by default): data still in memtables is
+        missing, so a table may show 0 right after writes, and a table that no
+        refresh has covered yet shows "unknown", as does `total_bytes` then.
+        The keyspace is shared by every store in it, so the figures cover all
+        of them. `index_bytes` is 0 because the schema has no secondary
+        indexes. Raise BackendUnavailableError naming the node that fails.
+        """
+        self.initialize()
+        session = self._connection.connect()
+        keyspace = self.config.keyspace
+        rows: list[tuple] = []
+        hosts = session.cluster.metadata.all_hosts()
+        for host in hosts:
+            try:
+                rows += session.execute(SELECT_SIZE_ESTIMATES, (keyspace,), host=host)
+            except _driver_errors() as error:
+                raise translate_error(
+                    error, f"{host.endpoint} (reading system.size_estimates of "
+                    f"keyspace {keyspace!r})") from error
+        stats = size_estimate_stats(rows, list(TABLES))
+        stats.update(method="system.size_estimates", keyspace=keyspace,
+                     scope="keyspace", nodes=len(hosts))
+        return stats
+
     def close(self) -> None:
         if self._connection is not None:
             _release(self._connection)
             self._connection = None
+
+
+def size_estimate_stats(rows: Iterable[tuple], tables: Sequence[str]) -> dict[str, Any]:
+    """Sum (table, mean_partition_size, partitions_count) rows into storage figures.
+
+    A table without any row gets "unknown" bytes, and then so does the total.
+    """
+    found: dict[str, dict[str, int]] = {}
+    for table, mean_size, partitions in rows:
+        figures = found.setdefault(table, {"bytes": 0, "partitions": 0})
+        figures["bytes"] += (mean_size or 0) * (partitions or 0)
+        figures["partitions"] += partitions or 0
+    collections: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        figures = found.get(table, {"bytes": UNKNOWN, "partitions": UNKNOWN})
+        collections[table] = {**figures, "index_bytes": 0}
+    sizes = [figures["bytes"] for figures in collections.values()]
+    total = UNKNOWN if UNKNOWN in sizes else sum(sizes)
+    return {"collections": collections, "total_bytes": total}
 
 
 # ---------------------------------------------------------------------------

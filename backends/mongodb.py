@@ -45,6 +45,7 @@ import math
 import secrets
 import string
 import struct
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -94,6 +95,7 @@ from mltrail.errors import (
     InvalidInputError,
     MltrailError,
     NotFoundError,
+    UnsupportedCapabilityError,
 )
 from mltrail.query.ast import And, Compare, Exists, Expr, In, Like, Or, conjuncts
 
@@ -162,6 +164,18 @@ SECRET_OPTIONS = frozenset({
 
 # Server error codes meaning that authentication failed or a role is missing.
 AUTH_ERROR_CODES = frozenset({13, 18})
+
+# Server error codes meaning that a command or aggregation stage does not exist:
+# CommandNotFound, CommandNotSupported, NotImplemented and "unrecognized
+# pipeline stage name".
+UNSUPPORTED_ERROR_CODES = frozenset({59, 115, 238, 40324})
+
+# pymongo write methods that `_CountedCollection` does not count. Calling one
+# raises AttributeError, so a new write path cannot bypass the counters.
+UNCOUNTED_WRITES = frozenset({
+    "bulk_write", "insert_many", "update_one", "update_many", "find_one_and_delete",
+    "find_one_and_replace", "find_one_and_update",
+})
 
 INVALID_DATABASE_CHARS = frozenset('/\\. "$*<>:|?\x00')
 
@@ -451,15 +465,124 @@ def _translate(error: Exception, url: str) -> MltrailError:
     return MltrailError(f"the MongoDB store {url!r} failed: {error}", url)
 
 
+class _WriteCounters:
+    """Documents written through one backend object, and their BSON bytes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items = 0
+        self._bytes = 0
+
+    def add(self, items: int, size: int) -> None:
+        with self._lock:
+            self._items += items
+            self._bytes += size
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"items_written": self._items, "bytes_written": self._bytes}
+
+
+class _CountedCollection:
+    """A pymongo collection whose writes add to the backend's `_WriteCounters`.
+
+    Items are the documents that the server reports as inserted, upserted,
+    modified or deleted, so a duplicate key, a replace that matched nothing or
+    an unacknowledged write (w=0) adds nothing. Bytes are the BSON size of each
+    inserted or replacing document that was written. Deletes add no bytes.
+    Every other attribute is the collection's own.
+    """
+
+    def __init__(self, collection: Any, counters: _WriteCounters) -> None:
+        self.collection = collection
+        self.counters = counters
+
+    def __getattr__(self, name: str) -> Any:
+        if name in UNCOUNTED_WRITES:
+            raise AttributeError(f"{name} is not counted by _CountedCollection; add "
+                                 "it there before calling it")
+        return getattr(self.collection, name)
+
+    def insert_one(self, document: dict[str, Any], **options: Any) -> Any:
+        result = self.collection.insert_one(document, **options)
+        if result.acknowledged:
+            self.counters.add(1, len(bson.encode(document)))
+        return result
+
+    def replace_one(self, query: dict[str, Any], document: dict[str, Any],
+                    **options: Any) -> Any:
+        result = self.collection.replace_one(query, document, **options)
+        if result.acknowledged:
+            written = result.modified_count + (result.upserted_id is not None)
+            if written:
+                stored = document
+                if "_id" not in document and "_id" in query:
+                    # The stored document keeps the `_id` of the query.
+                    stored = {"_id": query["_id"], **document}
+                self.counters.add(written, len(bson.encode(stored)))
+        return result
+
+    def delete_one(self, query: dict[str, Any], **options: Any) -> Any:
+        result = self.collection.delete_one(query, **options)
+        if result.acknowledged:
+            self.counters.add(result.deleted_count, 0)
+        return result
+
+    def delete_many(self, query: dict[str, Any], **options: Any) -> Any:
+        result = self.collection.delete_many(query, **options)
+        if result.acknowledged:
+            self.counters.add(result.deleted_count, 0)
+        return result
+
+    def upsert_all(self, documents: list[dict[str, Any]]) -> None:
+        """Replace or insert each document by `_id` in one unordered bulk write.
+
+        Two writers that upsert the same `_id` (a retried batch) race on the
+        insert. The loser's document is then already stored by the winner, with
+        the same content, so duplicate-key errors are ignored.
+        """
+        writes = [ReplaceOne({"_id": document["_id"]}, document, upsert=True)
+                  for document in documents]
+        try:
+            result = self.collection.bulk_write(writes, ordered=False)
+        except BulkWriteError as error:
+            self._count_upserts(documents, error.details)
+            others = [e for e in error.details.get("writeErrors", [])
+                      if e.get("code") != 11000]
+            if others or error.details.get("writeConcernErrors"):
+                raise
+            return
+        if result.acknowledged:
+            self._count_upserts(documents, result.bulk_api_result)
+
+    def _count_upserts(self, documents: list[dict[str, Any]],
+                       details: dict[str, Any]) -> None:
+        sizes = {document["_id"]: len(bson.encode(document)) for document in documents}
+        # Upserts are matched by `_id`, because FerretDB 1.24 reports wrong
+        # request indexes in `upserted` for unordered writes.
+        upserted = {entry["_id"] for entry in details.get("upserted", [])}
+        modified = details.get("nModified", 0)
+        size = sum(sizes[key] for key in upserted if key in sizes)
+        replaced = [sizes[key] for key in sizes if key not in upserted]
+        if modified and modified == len(replaced):
+            size += sum(replaced)
+        elif modified and replaced:
+            # NOTE: an estimate. The server does not say which of the matched
+            # documents it modified, so their mean size stands for each.
+            size += modified * sum(replaced) // len(replaced)
+        self.counters.add(len(upserted) + modified, size)
+
+
 class _MongoDatabase:
     """One database of a client, with every driver error translated in one place."""
 
     def __init__(self, database: Any, url: str) -> None:
         self.database = database
         self.url = url
+        self.counters = _WriteCounters()
 
-    def collection(self, name: str) -> Any:
-        return self.database[name]
+    def collection(self, name: str) -> _CountedCollection:
+        return _CountedCollection(self.database[name], self.counters)
 
     @contextmanager
     def errors(self) -> Iterator[None]:
@@ -1004,20 +1127,18 @@ class MongoMetricRepository(MetricRepository):
         by_key: dict[str, list[_Row]] = {}
         for point in points:
             by_key.setdefault(point.key, []).append(_Row.of(point))
-        writes = []
+        chunks = []
         for key, rows in by_key.items():
             rows.sort(key=lambda row: row.order)
-            writes += [ReplaceOne({"_id": document["_id"]}, document, upsert=True)
-                       for document in (_chunk_document(run_id, key, chunk)
-                                        for chunk in _chunked_rows(rows))]
-        if not writes:
+            chunks += [_chunk_document(run_id, key, chunk)
+                       for chunk in _chunked_rows(rows)]
+        if not chunks:
             return
         latest = [_latest_document(run_id, key, rows[-1])
                   for key, rows in by_key.items()]
         with self.db.errors():
-            _upsert_all(self.chunks, writes)
-            _upsert_all(self.latest_points,
-                        [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in latest])
+            self.chunks.upsert_all(chunks)
+            self.latest_points.upsert_all(latest)
             self._prune(run_id, list(by_key))
 
     def _prune(self, run_id: str, keys: list[str]) -> None:
@@ -1104,22 +1225,6 @@ class MongoMetricRepository(MetricRepository):
             if document["run_id"] != previous:
                 previous = document["run_id"]
                 yield previous
-
-
-def _upsert_all(collection: Any, writes: list[ReplaceOne]) -> None:
-    """Run unordered upserts, ignoring duplicate-key races between equal writes.
-
-    Two writers that upsert the same `_id` (a retried batch) race on the insert.
-    The loser's document is then already stored by the winner, with the same
-    content.
-    """
-    try:
-        collection.bulk_write(writes, ordered=False)
-    except BulkWriteError as error:
-        others = [e for e in error.details.get("writeErrors", [])
-                  if e.get("code") != 11000]
-        if others or error.details.get("writeConcernErrors"):
-            raise
 
 
 def _chunk_document(run_id: str, key: str, rows: list[_Row]) -> dict[str, Any]:
@@ -1482,6 +1587,64 @@ class MongoBackend(Backend):
                 except OperationFailure as error:
                     unsupported.add(kind)
                     _log_unsupported(kind, self.url, error)
+
+    def telemetry_counters(self) -> dict[str, int]:
+        """Return the documents written through this backend object since it was
+        opened, and their BSON bytes. See `_CountedCollection` for what counts."""
+        return self.db.counters.snapshot()
+
+    def storage_stats(self) -> dict[str, Any]:
+        """Return bytes stored per collection of the store's database.
+
+        The figures come from the `$collStats` stage's `storageStats`, summed
+        over shards: `bytes` is `storageSize` (data as allocated on disk),
+        `index_bytes` is `totalIndexSize`, and `documents` is `count`.
+        `total_bytes` is the sum of `bytes` and `index_bytes` over the
+        collections. Raise BackendUnavailableError naming the collection or
+        database when the server fails, and UnsupportedCapabilityError when it
+        lacks `$collStats`.
+        """
+        collections = {name: self._collection_stats(name)
+                       for name in self._collection_names()}
+        total = sum(figures["bytes"] + figures["index_bytes"]
+                    for figures in collections.values())
+        return {"collections": collections, "total_bytes": total,
+                "method": "$collStats", "database": self.database_name}
+
+    def _collection_names(self) -> list[str]:
+        try:
+            names = self.db.database.list_collection_names(
+                filter={"type": "collection"})
+        except PyMongoError as error:
+            raise self._storage_error(error, f"database {self.database_name!r}",
+                                      self.database_name) from error
+        return sorted(name for name in names if not name.startswith("system."))
+
+    def _collection_stats(self, name: str) -> dict[str, int]:
+        stage = {"$collStats": {"storageStats": {}}}
+        try:
+            documents = list(self.db.database[name].aggregate([stage]))
+        except PyMongoError as error:
+            raise self._storage_error(error, f"collection {name!r}", name) from error
+        figures = {"bytes": 0, "index_bytes": 0, "documents": 0}
+        for document in documents:
+            stats = document.get("storageStats", {})
+            figures["bytes"] += int(stats.get("storageSize", 0))
+            figures["index_bytes"] += int(stats.get("totalIndexSize", 0))
+            figures["documents"] += int(stats.get("count", 0))
+        return figures
+
+    def _storage_error(self, error: PyMongoError, what: str,
+                       value: str) -> MltrailError:
+        where = f"{what} of the MongoDB store {self.url!r}"
+        if isinstance(error, OperationFailure) and \
+                error.code in UNSUPPORTED_ERROR_CODES:
+            return UnsupportedCapabilityError(
+                f"the server of {where} does not support $collStats, so its storage "
+                f"sizes are unavailable: {error}", value)
+        return BackendUnavailableError(
+            f"reading the storage sizes of {where} failed: {error}; check that the "
+            "server runs and that the user may run collStats", value)
 
     def close(self) -> None:
         if self._owns_client:

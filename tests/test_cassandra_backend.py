@@ -13,6 +13,7 @@ import re
 import os
 import socket
 import struct
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -37,6 +38,7 @@ from mltrail.domain import AuditEvent, Experiment, Run
 from mltrail.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
+    ConflictError,
     InvalidInputError,
     PermissionDeniedError,
 )
@@ -608,6 +610,148 @@ class TestWithServer:
         finally:
             backend.close()
         assert "create_schema=true" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------
+# Telemetry
+# ---------------------------------------------------------------------------
+
+
+def _grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {key: after[key] - before[key] for key in before}
+
+
+def test_size_estimates_summed_per_table():
+    rows = [("entities", 100, 3), ("entities", 50, 2), ("blobs", 0, 0)]
+    stats = module.size_estimate_stats(rows, ["entities", "blobs"])
+    assert stats["collections"]["entities"] == {"bytes": 400, "partitions": 5,
+                                                "index_bytes": 0}
+    assert stats["collections"]["blobs"]["bytes"] == 0
+    assert stats["total_bytes"] == 400
+
+
+def test_size_estimates_missing_table_unknown():
+    stats = module.size_estimate_stats([("entities", 100, 3)], ["entities", "blobs"])
+    assert stats["collections"]["blobs"]["bytes"] == "unknown"
+    assert stats["collections"]["entities"]["bytes"] == 300
+    assert stats["total_bytes"] == "unknown"
+
+
+class TestTelemetryWithServer:
+    pytestmark = needs_server
+
+    def test_counters_start_at_zero(self, backend):
+        assert backend.telemetry_counters() == {"items_written": 0,
+                                                "bytes_written": 0}
+
+    def test_experiment_insert_rows(self, backend):
+        experiment = Experiment(name="counted")
+        backend.experiments.insert(experiment)
+        counters = backend.telemetry_counters()
+        # The unique-key claim, the entity row, and an index row plus a month
+        # row for each of the entries `*`, namespace and name.
+        assert counters["items_written"] == 1 + 1 + 3 * 2
+        assert counters["bytes_written"] > len(codec.dumps(experiment.to_record()))
+
+    def test_metric_points_counted_per_row(self, backend):
+        store = Store(backend, actor="test")
+        run = store.create_run(store.create_experiment("e").id)
+        stamp = datetime(2024, 1, 2, tzinfo=UTC)
+        before = backend.telemetry_counters()
+        store.log_metrics(run.id, [{"key": "m", "value": step / 7, "step": step,
+                                    "timestamp": stamp} for step in range(2_500)])
+        grown = _grown(before, backend.telemetry_counters())
+        # The run's metric_runs row, one partition row per step bucket (0, 1
+        # and 2), the points, and the latest point of the key.
+        assert grown["items_written"] == 1 + 3 + 2_500 + 1
+        assert grown["bytes_written"] >= 2_500 * 8
+
+    def test_rejected_unique_claim_not_counted(self, backend):
+        backend.experiments.insert(Experiment(name="same"))
+        before = backend.telemetry_counters()
+        with pytest.raises(AlreadyExistsError):
+            backend.experiments.insert(Experiment(name="same"))
+        assert backend.telemetry_counters() == before
+
+    def test_rejected_insert_counts_only_index_rows(self, backend):
+        run = Run(id="RUNDUP", experiment_id="E1", name="r")
+        backend.runs.insert(run)
+        before = backend.telemetry_counters()
+        with pytest.raises(AlreadyExistsError):
+            backend.runs.insert(run)
+        grown = _grown(before, backend.telemetry_counters())
+        # The index rows (`*`, namespace, experiment_id and status, each with
+        # its month row) are written again before the conditional insert of
+        # the entity row, which is not applied and not counted.
+        assert grown["items_written"] == 4 * 2
+
+    def test_stale_update_not_counted(self, backend):
+        store = Store(backend, actor="test")
+        run = store.create_run(store.create_experiment("e").id)
+        store.set_run_status(run.id, "running")
+        before = backend.telemetry_counters()
+        with pytest.raises(ConflictError):
+            backend.runs.update(run.touched(name="stale"))
+        assert backend.telemetry_counters() == before
+
+    def test_counters_unchanged_by_reads(self, backend):
+        store = Store(backend, actor="test")
+        experiment = store.create_experiment("e")
+        run = store.create_run(experiment.id, params={"lr": 0.1})
+        store.log_metrics(run.id, [{"key": "loss", "value": 0.5, "step": 1}])
+        before = backend.telemetry_counters()
+        store.get_run(run.id)
+        store.search_runs("params.lr > 0", experiment_ids=[experiment.id])
+        list(store.metric_history(run.id, "loss"))
+        store.latest_metrics(run.id)
+        assert store.verify_audit().ok
+        assert backend.telemetry_counters() == before
+
+    def test_deletes_counted(self, backend):
+        backend.blobs.put("configs", "a", {"x": 1})
+        before = backend.telemetry_counters()
+        backend.blobs.delete("configs", "a")
+        grown = _grown(before, backend.telemetry_counters())
+        # The blob row and its key-list row.
+        assert grown["items_written"] == 2
+
+    def test_counters_exact_across_threads(self, backend):
+        per_thread, threads = 25, 4
+
+        def put(worker: int) -> None:
+            for index in range(per_thread):
+                backend.blobs.put("configs", f"{worker}-{index}", {"n": index})
+
+        workers = [threading.Thread(target=put, args=(w,)) for w in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        counters = backend.telemetry_counters()
+        assert counters["items_written"] == 2 * per_thread * threads
+
+    def test_storage_stats_lists_every_table(self, backend):
+        Store(backend, actor="test").create_experiment("e")
+        stats = backend.storage_stats()
+        assert stats["method"] == "system.size_estimates"
+        assert stats["keyspace"] == backend.config.keyspace
+        assert set(stats["collections"]) == set(module.TABLES)
+        sizes = []
+        for table, figures in stats["collections"].items():
+            assert figures["index_bytes"] == 0, table
+            size = figures["bytes"]
+            assert size == "unknown" or (isinstance(size, int) and size >= 0), table
+            sizes.append(size)
+        if "unknown" in sizes:
+            assert stats["total_bytes"] == "unknown"
+        else:
+            assert stats["total_bytes"] == sum(sizes)
+
+    def test_storage_stats_of_closed_store(self, harness):
+        backend = harness.create()
+        harness.destroy(backend)
+        with pytest.raises(BackendUnavailableError):
+            backend.storage_stats()
 
 
 def test_config_is_frozen():

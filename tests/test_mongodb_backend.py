@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("pymongo", reason="the mongodb extra is not installed")
 
+import bson
 from mltrail import codec
 from mltrail.backend import ScanRequest
 from mltrail.backends import mongodb
@@ -30,6 +31,7 @@ from mltrail.backends.mongodb import (
     _Pushdown,
     _Row,
 )
+from mltrail.clock import new_id
 from mltrail.conformance.cases.support import (
     AWKWARD_KEYS,
     FLOAT_VALUES,
@@ -658,3 +660,181 @@ def test_duplicate_unique_key_names_fields(backend):
     with pytest.raises(AlreadyExistsError) as caught:
         backend.experiments.insert(Experiment(name="same"))
     assert "'name': 'same'" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------
+# Telemetry
+# ---------------------------------------------------------------------------
+
+
+def _stored(harness, backend) -> tuple[int, int]:
+    """Return the number of documents in the store's database and their BSON bytes."""
+    database = harness.client[backend.database_name]
+    documents = [document for name in database.list_collection_names()
+                 for document in database[name].find()]
+    return len(documents), sum(len(bson.encode(d)) for d in documents)
+
+
+def _grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {key: after[key] - before[key] for key in before}
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_counters_start_at_zero(backend):
+    assert backend.telemetry_counters() == {"items_written": 0, "bytes_written": 0}
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_counters_match_inserted_documents(harness, backend):
+    experiment = Experiment(name="counted")
+    backend.experiments.insert(experiment)
+    stored = harness.client[backend.database_name]["experiments"].find_one(
+        {"_id": experiment.id})
+    counters = backend.telemetry_counters()
+    assert counters["items_written"] == 1
+    assert counters["bytes_written"] == len(bson.encode(stored))
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_counters_match_create_run(harness, store, backend):
+    experiment = store.create_experiment("e")
+    documents_before, bytes_before = _stored(harness, backend)
+    counters_before = backend.telemetry_counters()
+    store.create_run(experiment.id, params={"lr": 0.1}, tags={"team": "cv"})
+    documents_after, bytes_after = _stored(harness, backend)
+    grown = _grown(counters_before, backend.telemetry_counters())
+    # Creating a run only inserts documents: the run, its audit event, its
+    # lineage node and blob records.
+    assert grown["items_written"] == documents_after - documents_before
+    assert grown["bytes_written"] == bytes_after - bytes_before
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_counters_match_metric_chunks(harness, store, backend):
+    run = store.create_run(store.create_experiment("e").id)
+    documents_before, bytes_before = _stored(harness, backend)
+    counters_before = backend.telemetry_counters()
+    points = [{"key": "loss", "value": step / 7, "step": step} for step in range(5_000)]
+    store.log_metrics(run.id, points)
+    documents_after, bytes_after = _stored(harness, backend)
+    grown = _grown(counters_before, backend.telemetry_counters())
+    # 5,000 points make three chunks of at most CHUNK_POINTS, plus one latest
+    # point. Logging metrics writes no audit event.
+    assert documents_after - documents_before == 4
+    assert grown["items_written"] == 4
+    assert grown["bytes_written"] == bytes_after - bytes_before
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_counters_count_updates(store, backend):
+    run = store.create_run(store.create_experiment("e").id)
+    before = backend.telemetry_counters()
+    store.set_run_status(run.id, "running")
+    grown = _grown(before, backend.telemetry_counters())
+    # The revision claim, the replaced run document and the audit event.
+    assert grown["items_written"] == 3
+    assert grown["bytes_written"] > 0
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_counters_count_deletes_without_bytes(store, backend):
+    run = store.create_run(store.create_experiment("e").id)
+    store.log_metrics(run.id, [{"key": k, "value": 1.0, "step": 1} for k in "abc"])
+    before = backend.telemetry_counters()
+    backend.metrics.delete_run(run.id)
+    grown = _grown(before, backend.telemetry_counters())
+    # One chunk and one latest point per key.
+    assert grown["items_written"] == 6
+    assert grown["bytes_written"] == 0
+    backend.metrics.delete_run(run.id)
+    assert backend.telemetry_counters()["items_written"] == before["items_written"] + 6
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_counters_unchanged_by_reads(store, backend):
+    experiment = store.create_experiment("e")
+    run = store.create_run(experiment.id, params={"lr": 0.1})
+    store.log_metrics(run.id, [{"key": "loss", "value": 0.5, "step": 1}])
+    before = backend.telemetry_counters()
+    store.get_run(run.id)
+    store.search_runs("params.lr > 0", experiment_ids=[experiment.id])
+    list(store.metric_history(run.id, "loss"))
+    store.latest_metrics(run.id)
+    assert store.verify_audit().ok
+    assert backend.telemetry_counters() == before
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_counters_skip_rejected_writes(store, backend):
+    experiment = store.create_experiment("e")
+    run = store.create_run(experiment.id)
+    store.set_run_status(run.id, "running")
+    before = backend.telemetry_counters()
+    with pytest.raises(AlreadyExistsError):
+        backend.runs.insert(run)
+    with pytest.raises(AlreadyExistsError):
+        backend.experiments.insert(Experiment(name="e"))
+    with pytest.raises(ConflictError):
+        backend.runs.update(run.touched(name="stale"))
+    assert backend.telemetry_counters() == before
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_counters_exact_across_threads(backend):
+    per_thread, threads = 25, 4
+
+    def insert() -> None:
+        for _ in range(per_thread):
+            backend.experiments.insert(Experiment(name=new_id()))
+
+    workers = [threading.Thread(target=insert) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert backend.telemetry_counters()["items_written"] == per_thread * threads
+
+
+def test_uncounted_write_method_rejected():
+    collection = mongodb._CountedCollection(object(), mongodb._WriteCounters())
+    with pytest.raises(AttributeError, match="update_one is not counted"):
+        collection.update_one({}, {"$set": {"a": 1}})
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_storage_stats_per_collection(harness, store, backend):
+    run = store.create_run(store.create_experiment("e").id)
+    store.log_metrics(run.id, [{"key": "loss", "value": 0.5, "step": 1}])
+    stats = backend.storage_stats()
+    database = harness.client[backend.database_name]
+    assert stats["method"] == "$collStats"
+    assert set(stats["collections"]) == set(database.list_collection_names())
+    for name in ("experiments", "runs", "metric_chunks", "audit_events"):
+        figures = stats["collections"][name]
+        assert figures["documents"] == database[name].count_documents({}), name
+        assert figures["bytes"] > 0, name
+        assert figures["index_bytes"] > 0, name
+    assert stats["total_bytes"] == sum(
+        figures["bytes"] + figures["index_bytes"]
+        for figures in stats["collections"].values())
+
+
+def test_storage_stats_unreachable_names_database():
+    url = f"mongodb://127.0.0.1:{_closed_port()}/ml?serverSelectionTimeoutMS=300"
+    backend = MongoBackend.from_url(url)
+    try:
+        with pytest.raises(BackendUnavailableError) as caught:
+            backend.storage_stats()
+        assert "database 'ml'" in str(caught.value)
+    finally:
+        backend.close()
