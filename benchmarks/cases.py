@@ -323,24 +323,36 @@ def _mlflow_ingest(
     long: list[float],
     stores: Stores,
 ) -> tuple[dict[str, Any], str]:
-    """Time MLflow's log_batch between two runs of mltrail's log_metric on its data."""
+    """Time MLflow's log_batch between two runs of each mltrail ingest call on its data.
 
-    def many() -> float:
-        return with_store(
-            stores, lambda s: mltrail_cases.ingest_many_per_point(s, scale, values)
-        )
+    `log_metric` and `log_metric_series` each run once before and once after
+    MLflow, and each is compared with the mean of its two runs.
+    """
 
-    def single() -> float:
-        return with_store(
-            stores, lambda s: mltrail_cases.ingest_long_per_point(s, long)[0]
-        )
+    def many(series: bool) -> float:
+        ingest = (mltrail_cases.ingest_many_series if series
+                  else mltrail_cases.ingest_many_per_point)
+        return with_store(stores, lambda s: ingest(s, scale, values))
 
-    before = many()
+    def single(series: bool) -> float:
+        ingest = (mltrail_cases.ingest_long_series if series
+                  else mltrail_cases.ingest_long_per_point)
+        return with_store(stores, lambda s: ingest(s, long)[0])
+
+    before = [many(False), many(True)]
     mlflow_many = mlflow_cases.ingest_many(target, scale, values)
-    result = {"many_runs": _bracketed(mlflow_many, scale.many_points, [before, many()])}
-    before = single()
+    after = [many(False), many(True)]
+    result = {
+        "many_runs": _bracketed(mlflow_many, scale.many_points, [before[0], after[0]]),
+        "many_runs_series": _bracketed(mlflow_many, scale.many_points,
+                                       [before[1], after[1]]),
+    }
+    before = [single(False), single(True)]
     mlflow_long, long_id = mlflow_cases.ingest_long(target, long)
-    result["long_history"] = _bracketed(mlflow_long, len(long), [before, single()])
+    after = [single(False), single(True)]
+    result["long_history"] = _bracketed(mlflow_long, len(long), [before[0], after[0]])
+    result["long_history_series"] = _bracketed(mlflow_long, len(long),
+                                               [before[1], after[1]])
     return result, long_id
 
 

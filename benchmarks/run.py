@@ -377,12 +377,14 @@ def _mlflow_rows(mlflow: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         return [("mlflow", "-", "skipped", mlflow["skipped"])]
     rows = []
     for workload_name, figures in mlflow["ingest"].items():
+        call = "log_metric_series" if workload_name.endswith("_series") else "log_metric"
+        label = workload_name.removesuffix("_series").replace("_", " ")
         rows.append(
             (
                 "mlflow",
-                f"ingest {workload_name.replace('_', ' ')}",
+                f"ingest {label}",
                 "log_batch",
-                f"{_fmt(figures['mlflow_per_second'], '/s')}; mltrail log_metric "
+                f"{_fmt(figures['mlflow_per_second'], '/s')}; mltrail {call} "
                 f"{_fmt(figures['ratio_mltrail_to_mlflow'], 'x')} faster",
             )
         )
