@@ -235,20 +235,19 @@ def _chunk(points: list[MetricPoint]) -> Chunk:
 def pack_series(series: MetricSeries) -> list[Chunk]:
     """Split a series into chunks without building a `MetricPoint` per value.
 
-    A series whose steps never decrease is already in (step, seq) and history
-    order, because its points share one timestamp and its seqs grow with the
+    When (step, timestamp) never decreases along the series, its points are
+    already in (step, seq) and history order, because seqs grow with the
     index, so its chunks are slices of its columns. Any other series goes
     through `pack_points`, which sorts; both give the same chunks.
     """
-    steps = series.steps
-    if not all(map(operator.le, steps, steps[1:])):
+    steps, stamps = series.steps, series.stamps
+    order = list(zip(steps, stamps))
+    if not all(map(operator.le, order, order[1:])):
         return pack_points(series.points())[0][1]
-    micros = to_micros(series.timestamp)
     chunks = []
     for start in range(0, len(steps), CHUNK_POINTS):
         end = start + CHUNK_POINTS
-        part = array("q", steps[start:end])
-        chunks.append(Chunk(part, array("q", [micros]) * len(part),
+        chunks.append(Chunk(array("q", steps[start:end]), array("q", stamps[start:end]),
                             array("d", series.values[start:end]), series.seqs[start:end],
                             None))
     return chunks

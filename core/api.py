@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from mltrail import codec
-from mltrail.clock import new_id, to_utc, utcnow
+from mltrail.clock import new_id, to_micros, to_utc, utcnow
 from mltrail.access import AccessPolicy
 from mltrail.config import Config, load_config
 from mltrail.domain import (
@@ -200,11 +200,16 @@ class ActiveRun:
         self._flush_at = math.inf
         self.manage_status = manage_status
         self._run_id = run.id
-        # Buffered points, and series from `log_metric_series`; `_buffered`
-        # counts the points of both, which is also the next seq index.
-        self._buffer: list[MetricPoint] = []
+        # Buffered points: plain ones as columns per key (values, steps,
+        # microsecond times, seqs), series from `log_metric_series`, and points
+        # with optional fields as objects. `_buffered` counts them all and is
+        # also the next seq index.
+        self._columns: dict[str, tuple[list, list, list, list]] = {}
         self._series: list[MetricSeries] = []
+        self._buffer: list[MetricPoint] = []
         self._buffered = 0
+        self._last_stamp: datetime | None = None
+        self._last_micros = 0
         self._new_batch()
         # Metric keys that already passed `check_key`, so a training loop that
         # logs the same few keys checks each of them once.
@@ -260,7 +265,6 @@ class ActiveRun:
         a float value, an int step and no optional fields takes an inlined copy
         of its fast path. Any other point goes through `validate` itself.
         """
-        buffer = self._buffer
         index = self._buffered
         if extra or type(value) is not float or type(step) is not int \
                 or not 0 <= step <= MAX_STEP or type(key) is not str \
@@ -272,11 +276,23 @@ class ActiveRun:
                                 seq=self._seq_prefix + _seq_suffix(index), **extra)
             point.validate()
             self._remember_key(point.key)
+            self._buffer.append(point)
         else:
-            point = MetricPoint(run_id=self._run_id, key=key, value=value, step=step,
-                                timestamp=timestamp or datetime.now(timezone.utc),
-                                seq=self._seq_prefix + _seq_suffix(index))
-        buffer.append(point)
+            if timestamp is None:
+                micros = time.time_ns() // 1000
+            elif timestamp is self._last_stamp:
+                micros = self._last_micros
+            else:
+                micros = self._last_micros = to_micros(timestamp)
+                self._last_stamp = timestamp
+            columns = self._columns.get(key)
+            if columns is None:
+                columns = self._columns[key] = ([], [], [], [])
+            values, steps, stamps, seqs = columns
+            values.append(value)
+            steps.append(step)
+            stamps.append(micros)
+            seqs.append(self._seq_prefix + _seq_suffix(index))
         self._buffered = index + 1
         now = time.monotonic()
         if index == 0:
@@ -353,6 +369,7 @@ class ActiveRun:
 
         It is kept as columns (`MetricSeries`), split where a flush falls due.
         """
+        micros = to_micros(stamp)
         position = 0
         while position < len(values):
             start = self._buffered
@@ -365,7 +382,7 @@ class ActiveRun:
                 suffixes = [_seq_suffix(index) for index in range(start, start + count)]
             self._series.append(MetricSeries(
                 run_id=self._run_id, key=key, values=values[position:end],
-                steps=steps[position:end], timestamp=stamp,
+                steps=steps[position:end], stamps=[micros] * count,
                 seqs=list(map(self._seq_prefix.__add__, suffixes))))
             self._buffered = start + count
             position = end
@@ -394,9 +411,13 @@ class ActiveRun:
             return
         # The batch keeps its id until it is written, so a flush retried after a
         # failure overwrites whatever part of it reached the store.
-        self.store.append_prepared_points(self._run_id, self._buffer, self._series)
+        run_id = self._run_id
+        series = self._series + [MetricSeries(run_id, key, *columns)
+                                 for key, columns in self._columns.items()]
+        self.store.append_prepared_points(run_id, self._buffer, series)
         self._buffer = []
         self._series = []
+        self._columns = {}
         self._buffered = 0
         self._flush_at = math.inf
         self._new_batch()

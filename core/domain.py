@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
 from mltrail import codec, limits
-from mltrail.clock import isoformat, new_id, to_utc, utcnow
+from mltrail.clock import from_micros, isoformat, new_id, to_utc, utcnow
 from mltrail.errors import ConflictError, InvalidInputError
 
 SCHEMA_VERSION = 1
@@ -671,18 +671,19 @@ class MetricPoint:
 
 @dataclass(slots=True)
 class MetricSeries:
-    """Validated points of one metric that share a timestamp and have no optional fields.
+    """Validated points of one metric, as columns, with no optional fields.
 
-    The columns are parallel lists: `values[i]` was logged at `steps[i]` with
-    seq `seqs[i]`. It is what `ActiveRun.log_metric_series` buffers, so a
-    backend can pack a whole series without building a `MetricPoint` per value.
+    The columns are parallel lists: `values[i]` was logged at `steps[i]`, at
+    `stamps[i]` microseconds since the Unix epoch (UTC), with seq `seqs[i]`.
+    The Python API buffers points this way, so a backend can pack them without
+    building a `MetricPoint` per value.
     """
 
     run_id: str
     key: str
     values: list[float]
     steps: list[int]
-    timestamp: datetime
+    stamps: list[int]
     seqs: list[str]
 
     def __len__(self) -> int:
@@ -690,10 +691,17 @@ class MetricSeries:
 
     def points(self) -> list[MetricPoint]:
         """Return the series as `MetricPoint` objects."""
-        run_id, key, stamp = self.run_id, self.key, self.timestamp
-        return [MetricPoint(run_id=run_id, key=key, value=value, step=step, timestamp=stamp,
-                            seq=seq)
-                for value, step, seq in zip(self.values, self.steps, self.seqs)]
+        run_id, key = self.run_id, self.key
+        times: dict[int, datetime] = {}
+        points = []
+        for value, step, micros, seq in zip(self.values, self.steps, self.stamps,
+                                            self.seqs):
+            stamp = times.get(micros)
+            if stamp is None:
+                stamp = times[micros] = from_micros(micros)
+            points.append(MetricPoint(run_id=run_id, key=key, value=value, step=step,
+                                      timestamp=stamp, seq=seq))
+        return points
 
 
 def is_nan(value: Any) -> bool:

@@ -169,7 +169,7 @@ def test_series_with_unsorted_steps(store):
 def test_series_retried_adds_nothing(store):
     run = store.create_run(store.get_or_create_experiment("exp").id)
     series = MetricSeries(run_id=run.id, key="m", values=[0.5, 0.25], steps=[1, 2],
-                          timestamp=datetime(2026, 3, 1, tzinfo=timezone.utc),
+                          stamps=[1_772_323_200_000_000] * 2,
                           seqs=["B1:0000000000", "B1:0000000001"])
     assert store.append_prepared_points(run.id, [], [series]) == 2
     store.append_prepared_points(run.id, [], [series])
@@ -179,8 +179,7 @@ def test_series_retried_adds_nothing(store):
 def test_series_for_other_run_rejected(store):
     run = store.create_run(store.get_or_create_experiment("exp").id)
     series = MetricSeries(run_id="OTHERRUN1", key="m", values=[0.5], steps=[1],
-                          timestamp=datetime(2026, 3, 1, tzinfo=timezone.utc),
-                          seqs=["B1:0000000000"])
+                          stamps=[1_772_323_200_000_000], seqs=["B1:0000000000"])
     with pytest.raises(InvalidInputError, match="OTHERRUN1"):
         store.append_prepared_points(run.id, [], [series])
     assert _history(store, run.id, "m") == []
@@ -193,3 +192,27 @@ def test_series_flushes_with_points_in_one_batch(store):
     batches = {p.seq.rpartition(":")[0] for key in ("a", "b")
                for p in _history(store, run.id, key)}
     assert len(batches) == 1
+
+
+def test_point_timestamps_kept_to_the_microsecond(store):
+    stamp = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    before = datetime.now(timezone.utc)
+    with mltrail.start_run(store, "exp") as run:
+        run.log_metric("m", 1.0, step=1, timestamp=stamp)
+        run.log_metric("m", 2.0, step=2)
+        run.log_metric("m", 3.0, step=3, timestamp=stamp)
+    after = datetime.now(timezone.utc)
+    points = _history(store, run.id, "m")
+    assert points[0].timestamp == stamp
+    assert points[2].timestamp == stamp
+    assert before <= points[1].timestamp <= after
+
+
+def test_clock_going_back_keeps_history_order(store):
+    late = datetime(2026, 3, 1, 12, 0, 5, tzinfo=timezone.utc)
+    early = datetime(2026, 3, 1, 12, 0, 1, tzinfo=timezone.utc)
+    with mltrail.start_run(store, "exp") as run:
+        run.log_metric("m", 1.0, step=1, timestamp=late)
+        run.log_metric("m", 2.0, step=1, timestamp=early)
+    assert [p.value for p in _history(store, run.id, "m")] == [2.0, 1.0]
+    assert store.latest_metrics(run.id)["m"].value == 1.0

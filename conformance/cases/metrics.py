@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from mltrail.clock import from_micros, to_micros
 from mltrail.domain import MetricPoint, MetricSeries
 
 from mltrail.conformance.cases.support import BASE_TIME
@@ -196,14 +197,15 @@ class MetricCases:
         values[7] = float("nan")
         steps = list(range(count))
         steps[10], steps[11] = 11, 10
+        stamps = [to_micros(BASE_TIME) + (step % 7) for step in range(count)]
         series = MetricSeries(run_id=by_series.id, key="m", values=values, steps=steps,
-                              timestamp=BASE_TIME, seqs=[f"S:{i:010d}" for i in range(count)])
+                              stamps=stamps, seqs=[f"S:{i:010d}" for i in range(count)])
         store.backend.metrics.append_series(by_series.id, [series])
         store.backend.metrics.append_series(by_series.id, [series])
         store.backend.metrics.append(by_points.id, [
             MetricPoint(run_id=by_points.id, key="m", value=value, step=step,
-                        timestamp=BASE_TIME, seq=seq)
-            for value, step, seq in zip(values, steps, series.seqs)])
+                        timestamp=from_micros(stamp), seq=seq)
+            for value, step, stamp, seq in zip(values, steps, stamps, series.seqs)])
 
         def rows(run):
             return [(p.step, p.timestamp, p.seq, struct.pack(">d", p.value))
