@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -174,7 +175,16 @@ def check_mapping(value: Any, what: str, max_bytes: int = limits.MAX_ATTRIBUTES_
     return value
 
 
+# True while `Entity.from_record` rebuilds a stored record. Sizes were checked
+# when the record was written, and measuring them again means serialising
+# every mapping of every entity read, so `check_size` skips them then. A
+# record stored under larger limits, or by another tool, still reads back.
+_READING_STORED: ContextVar[bool] = ContextVar("mltrail_reading_stored", default=False)
+
+
 def check_size(value: Any, what: str, max_bytes: int) -> None:
+    if _READING_STORED.get():
+        return
     size = len(codec.dumps(value).encode("utf-8"))
     if size > max_bytes:
         raise InvalidInputError(
@@ -312,7 +322,11 @@ class Entity:
                 value = codec.decode_value(value)
             values[name] = value
         values["schema_version"] = stored_version
-        return cls(**values)
+        token = _READING_STORED.set(True)
+        try:
+            return cls(**values)
+        finally:
+            _READING_STORED.reset(token)
 
     @classmethod
     def upgrade_record(cls, record: dict[str, Any]) -> dict[str, Any]:
