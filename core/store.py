@@ -470,9 +470,12 @@ class Store:
         return self._restore(self.backend.runs, run_id)
 
     def purge_run(self, run_id: str) -> None:
-        """Remove a run, its metrics and its lineage node for good."""
+        """Remove a run, its metrics (archived ones too) and its lineage node for good."""
+        from mltrail.ops.cold import purge_archive
+
         run = self.backend.runs.get(run_id)
         self._authorize(Role.ADMIN, "purge", run.namespace, "run", run.id)
+        purge_archive(self.backend, run)
         self.backend.metrics.delete_run(run.id)
         self.backend.lineage.delete_node(run.id)
         self.backend.runs.delete(run.id)

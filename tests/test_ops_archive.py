@@ -256,3 +256,23 @@ def test_populated_store_archives(store):
     parent, _ = populate(store)
     archive_metrics(store, status="completed")
     assert store.latest_metrics(parent.id)["special"].step == 16
+
+
+def test_purge_removes_archived_records(store):
+    kept, purged = finished_run(store, "kept"), finished_run(store, "purged")
+    archive_metrics(store, status="completed")
+    keys = [key for key, _ in store.backend.blobs.scan(BLOB_NAMESPACE)]
+    assert any(key.startswith(purged.id) for key in keys)
+    store.purge_run(purged.id)
+    left = [key for key, _ in store.backend.blobs.scan(BLOB_NAMESPACE)]
+    assert left
+    assert all(key.startswith(kept.id) for key in left)
+    assert history(store, kept.id, "acc")
+
+
+def test_purge_removes_archive_directory_records(store, tmp_path):
+    run = finished_run(store)
+    archive_metrics(store, status="completed", destination=tmp_path / "cold")
+    assert list((tmp_path / "cold").rglob("*.json"))
+    store.purge_run(run.id)
+    assert list((tmp_path / "cold").rglob("*.json")) == []

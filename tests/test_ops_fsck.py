@@ -116,13 +116,22 @@ def test_dangling_alias(store, harness):
     assert "version 7" in report.problems[0].message
 
 
-def test_archive_of_purged_run(store):
+def test_archive_of_run_removed_behind_store(store):
     parent, _ = populate(store)
     archive_metrics(store, status="completed")
-    store.purge_run(parent.id)
+    store.backend.metrics.delete_run(parent.id)
+    store.backend.runs.delete(parent.id)
     report = fsck(store, repair=True)
     assert "archive.orphan" in checks(report)
     assert list(store.backend.blobs.scan(BLOB_NAMESPACE)) == []
+
+
+def test_purged_run_leaves_no_archive(store):
+    parent, _ = populate(store)
+    archive_metrics(store, status="completed")
+    store.purge_run(parent.id)
+    assert list(store.backend.blobs.scan(BLOB_NAMESPACE)) == []
+    assert "archive.orphan" not in checks(fsck(store))
 
 
 def test_uncommitted_archive_records(store):

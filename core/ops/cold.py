@@ -236,6 +236,33 @@ def read_descriptors(store: SegmentStore, head: dict[str, Any]) -> list[dict[str
     return found
 
 
+def purge_archive(backend: Backend, run: Run) -> int:
+    """Delete the archived metric records of a run; return how many were deleted.
+
+    The head goes first, so an interrupted purge leaves segment records that
+    no head refers to: readers ignore them, and `fsck --repair` removes them.
+    Records of an archiving pass that never committed are not in the head,
+    so they stay for fsck as well.
+    """
+    location = run.tags.get(ARCHIVE_TAG)
+    if location is None:
+        return 0
+    store = open_location(backend, location)
+    head = read_head(store, run.id)
+    keys = []
+    for generation in head["generations"]:
+        keys.extend(catalog_key(run.id, generation["generation"], part)
+                    for part in range(generation["catalog_parts"]))
+    for descriptor in read_descriptors(store, head):
+        keys.extend(segment_key(run.id, descriptor["generation"], descriptor["segment"],
+                                part)
+                    for part in range(descriptor["parts"]))
+    store.delete(head_key(run.id))
+    for key in keys:
+        store.delete(key)
+    return len(keys) + 1
+
+
 def split_payload(data: bytes) -> list[str]:
     """Cut compressed bytes into base64 texts of at most `MAX_RECORD_BYTES` each."""
     pieces = [data[start:start + MAX_PART_BYTES]
