@@ -6,9 +6,9 @@ instead of a row of its own. The primary key is (run, metric, first step,
 digest of the points' seqs). A retried batch carries the same seqs and steps,
 so it rebuilds the same chunks and replaces them, even when its points got new
 timestamps. A batch that is sent again with more points (an importer bringing
-a run forward) forms new chunks, and points that repeat a stored step,
-timestamp and seq are then dropped on read, the most recently written copy
-kept; they still take space. A history read merges the chunks of a metric in step order and
+a run forward) forms new chunks. Points that repeat a stored step, timestamp
+and seq are then dropped on read, keeping the most recently written copy, but
+the copies still take space. A history read merges the chunks of a metric in step order and
 opens a chunk only when the merge reaches its first step, so memory stays
 bounded by the chunks whose step ranges overlap.
 
@@ -357,7 +357,7 @@ class LocalMetricRepository(MetricRepository):
     def _merged(self, run_id: str, key: str, metas: list[_ChunkMeta]) -> Iterator[tuple]:
         """Yield (step, timestamp, seq, value, extra) of every chunk in history order.
 
-        A chunk holds no step below its first step, so it is opened only when
+        A chunk contains no step below its first step, so it is opened only when
         the smallest step waiting in the merge reaches that first step. Among
         copies of one (step, timestamp, seq), the most recently written chunk's
         comes first and the others are dropped.
