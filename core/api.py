@@ -276,7 +276,13 @@ class ActiveRun:
                                 seq=self._seq_prefix + _seq_suffix(index), **extra)
             point.validate()
             self._remember_key(point.key)
-            self._buffer.append(point)
+            if point.has_extras():
+                self._buffer.append(point)
+            else:
+                # Validated and plain after all (a new key, an int value, a
+                # timestamp to normalise), so it joins the columns.
+                self._buffer_column(point.key, point.value, point.step,
+                                    to_micros(point.timestamp), point.seq)
         else:
             if timestamp is None:
                 micros = time.time_ns() // 1000
@@ -285,20 +291,25 @@ class ActiveRun:
             else:
                 micros = self._last_micros = to_micros(timestamp)
                 self._last_stamp = timestamp
-            columns = self._columns.get(key)
-            if columns is None:
-                columns = self._columns[key] = ([], [], [], [])
-            values, steps, stamps, seqs = columns
-            values.append(value)
-            steps.append(step)
-            stamps.append(micros)
-            seqs.append(self._seq_prefix + _seq_suffix(index))
+            self._buffer_column(key, value, step, micros,
+                                self._seq_prefix + _seq_suffix(index))
         self._buffered = index + 1
         now = time.monotonic()
         if index == 0:
             self._flush_at = now + self.flush_seconds
         if index + 1 >= self.flush_size or now >= self._flush_at:
             self.flush()
+
+    def _buffer_column(self, key: str, value: float, step: int, micros: int,
+                       seq: str) -> None:
+        columns = self._columns.get(key)
+        if columns is None:
+            columns = self._columns[key] = ([], [], [], [])
+        values, steps, stamps, seqs = columns
+        values.append(value)
+        steps.append(step)
+        stamps.append(micros)
+        seqs.append(seq)
 
     def _flush_if_due(self, first_index: int) -> None:
         """Flush after points were buffered from position `first_index` on, if due."""

@@ -216,3 +216,20 @@ def test_clock_going_back_keeps_history_order(store):
         run.log_metric("m", 2.0, step=1, timestamp=early)
     assert [p.value for p in _history(store, run.id, "m")] == [2.0, 1.0]
     assert store.latest_metrics(run.id)["m"].value == 1.0
+
+
+def test_plain_points_flush_in_one_write(store):
+    from mltrail.discovery.telemetry import instrument
+
+    telemetry = instrument(store)
+    with mltrail.start_run(store, "exp", capture_env=False, capture_code=False) as run:
+        for step in range(5):
+            run.log_metric("loss", 1 / (step + 1), step=step)
+            run.log_metric("acc", step, step=step)
+        run.log_metric("loss", 0.1, step=9, unit="nats")
+    calls = {row["operation"]: row["calls"] for row in telemetry.operation_rows()}
+    assert calls["metrics.append_series"] == 1
+    # Only the point with an optional field goes through `append`.
+    assert calls["metrics.append"] == 1
+    assert len(_history(store, run.id, "loss")) == 6
+    assert [p.value for p in _history(store, run.id, "acc")] == [0.0, 1.0, 2.0, 3.0, 4.0]
