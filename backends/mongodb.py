@@ -22,7 +22,8 @@ Layout, one database per store:
   packed into a binary field, at most `CHUNK_POINTS` per document. A chunk is never
   modified; a retried batch rewrites the same chunk ids with the same content.
 - `metric_latest`: the latest point per (run, key), kept as a small set of
-  candidates of which all but the greatest are pruned after each append.
+  immutable candidates; `latest` returns the greatest. A pair's first candidate
+  has `_id` = `run|key`, the others `run|key|seq` (see `_LatestCandidates`).
 - `lineage_nodes`, `lineage_edges` (`_id` = edge key), `audit_events` (`_id` =
   seq), `blobs`.
 
@@ -47,11 +48,12 @@ import string
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
 from mltrail import codec, limits
@@ -84,6 +86,7 @@ from mltrail.domain import (
     LineageEdge,
     LineageNode,
     MetricPoint,
+    MetricSeries,
     Model,
     ModelVersion,
     Run,
@@ -102,7 +105,7 @@ from mltrail.query.ast import And, Compare, Exists, Expr, In, Like, Or, conjunct
 try:
     import bson
     import pymongo
-    from pymongo import IndexModel, ReplaceOne, uri_parser
+    from pymongo import DeleteOne, IndexModel, ReplaceOne, uri_parser
     from pymongo.errors import (
         BulkWriteError,
         ConfigurationError,
@@ -142,6 +145,9 @@ by the next writer. Clocks of writing hosts must agree to well within this."""
 
 CLAIM_RETENTION_SECONDS = 24 * 3600
 """Lifetime of revision claims on servers with TTL indexes."""
+
+LATEST_MEMORY = 10_000
+"""(run, key) pairs whose latest-point candidate a metric repository remembers."""
 
 SCAN_BATCH = 500
 HISTORY_BATCH = 8
@@ -533,6 +539,44 @@ class _CountedCollection:
         if result.acknowledged:
             self.counters.add(result.deleted_count, 0)
         return result
+
+    def insert_all(self, documents: list[dict[str, Any]]) -> set[Any]:
+        """Insert documents in one unordered bulk insert; return the `_id`s that
+        were already stored.
+
+        A duplicate `_id` leaves the stored document as it is. Any other write
+        error raises BulkWriteError after the inserted documents were counted.
+        """
+        try:
+            result = self.collection.insert_many(documents, ordered=False)
+        except BulkWriteError as error:
+            errors = error.details.get("writeErrors", [])
+            failed = {entry["index"] for entry in errors}
+            self.counters.add(error.details.get("nInserted", 0), sum(
+                len(bson.encode(document)) for index, document in enumerate(documents)
+                if index not in failed))
+            if len(failed) > sum(entry.get("code") == 11000 for entry in errors) or \
+                    error.details.get("writeConcernErrors"):
+                raise
+            return {documents[index]["_id"] for index in failed}
+        if result.acknowledged:
+            self.counters.add(len(documents), sum(len(bson.encode(document))
+                                                  for document in documents))
+        return set()
+
+    def delete_ids(self, ids: Iterable[Any]) -> None:
+        """Delete the documents with these `_id`s, one `{_id: ...}` filter each.
+
+        FerretDB 1.24 uses its `_id` index only for a filter that is exactly
+        `{"_id": value}`, and it reads the whole collection for
+        `{"_id": {"$in": ...}}`.
+        """
+        writes = [DeleteOne({"_id": key}) for key in ids]
+        if not writes:
+            return
+        result = self.collection.bulk_write(writes, ordered=False)
+        if result.acknowledged:
+            self.counters.add(result.deleted_count, 0)
 
     def upsert_all(self, documents: list[dict[str, Any]]) -> None:
         """Replace or insert each document by `_id` in one unordered bulk write.
@@ -1003,8 +1047,7 @@ class MongoEntityRepository(EntityRepository):
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Row:
+class _Row(NamedTuple):
     """One point prepared for packing: its history order and encoded parts."""
 
     order: tuple[int, int, str]
@@ -1018,6 +1061,11 @@ class _Row:
         return cls((point.step, to_micros(point.timestamp), point.seq), point.value,
                    point.seq.encode("utf-8"),
                    b"" if extra is None else _dumps(extra).encode("utf-8"))
+
+    @classmethod
+    def plain(cls, step: int, micros: int, seq: str, value: float) -> _Row:
+        """Return the row of a point without optional fields."""
+        return cls((step, micros, seq), value, seq.encode("utf-8"), b"")
 
     @property
     def size(self) -> int:
@@ -1118,15 +1166,47 @@ def _merged(chunks: Iterable[PackedChunk]) -> Iterator[tuple[PackedChunk, int]]:
 
 
 class MongoMetricRepository(MetricRepository):
+    """Metric chunks and latest-point candidates; see `_LatestCandidates`."""
+
     def __init__(self, db: _MongoDatabase) -> None:
         self.db = db
         self.chunks = db.collection("metric_chunks")
         self.latest_points = db.collection("metric_latest")
+        self.candidates = _LatestCandidates(db, self.latest_points)
 
     def append(self, run_id: str, points: Sequence[MetricPoint]) -> None:
         by_key: dict[str, list[_Row]] = {}
         for point in points:
             by_key.setdefault(point.key, []).append(_Row.of(point))
+        self._append_rows(run_id, by_key)
+
+    def append_series(self, run_id: str, series: Sequence[MetricSeries]) -> None:
+        """Store series like `append`, with rows built from the columns directly.
+
+        Each call to `_append_rows` gets at most `limits.MAX_METRIC_BATCH`
+        points, as each `append` call does.
+        """
+        by_key: dict[str, list[_Row]] = {}
+        count = 0
+        for metric_series in series:
+            position = 0
+            while position < len(metric_series):
+                if count == limits.MAX_METRIC_BATCH:
+                    self._append_rows(run_id, by_key)
+                    by_key, count = {}, 0
+                end = min(len(metric_series),
+                          position + limits.MAX_METRIC_BATCH - count)
+                rows = by_key.setdefault(metric_series.key, [])
+                rows += map(_Row.plain, metric_series.steps[position:end],
+                            metric_series.stamps[position:end],
+                            metric_series.seqs[position:end],
+                            metric_series.values[position:end])
+                count += end - position
+                position = end
+        if count:
+            self._append_rows(run_id, by_key)
+
+    def _append_rows(self, run_id: str, by_key: dict[str, list[_Row]]) -> None:
         chunks = []
         for key, rows in by_key.items():
             rows.sort(key=lambda row: row.order)
@@ -1134,35 +1214,13 @@ class MongoMetricRepository(MetricRepository):
                        for chunk in _chunked_rows(rows)]
         if not chunks:
             return
-        latest = [_latest_document(run_id, key, rows[-1])
-                  for key, rows in by_key.items()]
         with self.db.errors():
-            self.chunks.upsert_all(chunks)
-            self.latest_points.upsert_all(latest)
-            self._prune(run_id, list(by_key))
-
-    def _prune(self, run_id: str, keys: list[str]) -> None:
-        """Delete latest-point candidates that a greater candidate outranks.
-
-        Candidates are only inserted, replaced by the same content, or deleted when
-        a greater one exists, so the greatest never disappears, whatever the
-        interleaving of concurrent appends.
-        """
-        best: dict[str, tuple] = {}
-        outranked = []
-        cursor = self.latest_points.find({"run_id": run_id, "key": {"$in": keys}},
-                                         {"key": 1, "step": 1, "ts": 1, "seq": 1})
-        for document in self.db.stream(cursor):
-            order = (document["step"], document["ts"], document["seq"], document["_id"])
-            current = best.get(document["key"])
-            if current is None or order > current:
-                if current is not None:
-                    outranked.append(current[3])
-                best[document["key"]] = order
-            else:
-                outranked.append(document["_id"])
-        if outranked:
-            self.latest_points.delete_many({"_id": {"$in": outranked}})
+            duplicates = self.chunks.insert_all(chunks)
+            if duplicates:
+                # A retried batch: its chunks are rewritten with the same content.
+                self.chunks.upsert_all([chunk for chunk in chunks
+                                        if chunk["_id"] in duplicates])
+            self.candidates.add(run_id, {key: rows[-1] for key, rows in by_key.items()})
 
     def history(self, run_id, key, *, min_step=None, max_step=None, start=None,
                 end=None) -> Iterator[MetricPoint]:
@@ -1214,6 +1272,7 @@ class MongoMetricRepository(MetricRepository):
         return sorted({document["key"] for document in self.db.stream(cursor)})
 
     def delete_run(self, run_id: str) -> None:
+        self.candidates.forget_run(run_id)
         with self.db.errors():
             self.latest_points.delete_many({"run_id": run_id})
             self.chunks.delete_many({"run_id": run_id})
@@ -1263,6 +1322,18 @@ def _latest_document(run_id: str, key: str, row: _Row) -> dict[str, Any]:
     return document
 
 
+def _first_latest_document(run_id: str, key: str, row: _Row) -> dict[str, Any]:
+    """Return the first candidate of (run, key), whose `_id` is fixed per pair.
+
+    Both id parts are escaped, so the `_id` has one `|`, while other candidates'
+    ids have at least two.
+    """
+    document = _latest_document(run_id, key, row)
+    document["_id"] = f"{_escape_id_part(run_id)}|{_escape_id_part(key)}"
+    document["first"] = True
+    return document
+
+
 def _latest_order(document: dict[str, Any]) -> tuple[int, int, str]:
     return (document["step"], document["ts"], document["seq"])
 
@@ -1273,6 +1344,175 @@ def _latest_point(document: dict[str, Any]) -> MetricPoint:
                         timestamp=from_micros(document["ts"]), seq=document["seq"])
     extra = document.get("extra")
     return point.with_extras(json.loads(extra)) if extra else point
+
+
+# A remembered candidate: its `_id`, its order and whether it may be deleted.
+_Candidate = tuple[str, tuple[int, int, str], bool]
+
+
+class _LatestCandidates:
+    """The latest point per (run, key), kept as candidates in `metric_latest`.
+
+    Candidates are immutable: each is inserted once (a retry inserts the same
+    content) and deleted only when a candidate with a greater (step, timestamp,
+    seq) is stored. So the greatest candidate of a pair is never deleted,
+    whatever the interleaving of concurrent appends, and `latest` returns the
+    greatest candidate of each pair.
+
+    The first candidate of a pair has the fixed `_id` `run|key`, and only
+    `delete_run` removes it. Its insert succeeds for exactly one writer, and
+    until then the pair has no other candidate, apart from ones written before
+    first candidates existed or after a `delete_run`. That writer then replaces
+    its own candidate on each append that brings a later point: it inserts the
+    new candidate and deletes its previous one by `_id`. A writer whose insert
+    of the first candidate is rejected as a duplicate reads the pair's
+    candidates, inserts an ordinary candidate (`_id` `run|key|seq`) only when
+    its row is later than all of them, and deletes the outranked ones. That
+    keeps the number of candidates per pair bounded by the number of writers
+    since the last such read, plus the first candidate. The bound depends on
+    the first insert, but `latest` is right in any case, because it takes the
+    greatest of all candidates.
+
+    Reading a pair's candidates scans the whole collection on FerretDB 1.24,
+    which uses an index only for a filter of exactly `{"_id": <string>}` (see
+    `Query` in its `internal/backends/sqlite/collection.go`). So a writer
+    appending to pairs it started sends no such read. A repository object
+    remembers its own candidates of up to LATEST_MEMORY pairs, and a forgotten
+    pair goes through the duplicate path at its next append.
+
+    NOTE: backend versions without first candidates delete any outranked
+    candidate, first ones included. While such a version and this one append
+    to the same store at once, a first `_id` can be inserted again, and a
+    deletion that read the earlier document could remove the new one.
+    """
+
+    def __init__(self, db: _MongoDatabase, collection: _CountedCollection) -> None:
+        self.db = db
+        self.collection = collection
+        # (run id, key) -> the candidate this object stored last for the pair,
+        # least recently used first.
+        self._own: OrderedDict[tuple[str, str], _Candidate] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, run_id: str, greatest: dict[str, _Row]) -> None:
+        """Store each key's greatest row of one append unless a later one is stored.
+
+        A call sends one insert, plus one bulk delete when it replaces earlier
+        candidates of this object. Pairs this object has not written cost a
+        second insert and a read of their candidates when another writer started
+        them. Must run inside `db.errors()`.
+        """
+        owned, unknown = self._recall(run_id, greatest)
+        later = {}
+        for key, own in owned.items():
+            if greatest[key].order > own[1]:
+                later[key] = own
+            elif self.collection.find_one({"_id": own[0]}, {"_id": 1}) is None:
+                # Only `delete_run` or a greater candidate removes it. After
+                # `delete_run` the row may be the latest point again.
+                unknown.append(key)
+        firsts = [_first_latest_document(run_id, key, greatest[key]) for key in unknown]
+        ordinary = [_latest_document(run_id, key, greatest[key]) for key in later]
+        existing = self.collection.insert_all(firsts + ordinary) \
+            if firsts or ordinary else set()
+        stored: dict[str, _Candidate] = {}
+        contested = []
+        for document in firsts:
+            if document["_id"] in existing:
+                contested.append(document["key"])
+            else:
+                stored[document["key"]] = (document["_id"],
+                                           greatest[document["key"]].order, False)
+        # An ordinary `_id` that exists already is a retried point with the
+        # same content.
+        stored.update((document["key"], (document["_id"],
+                                         greatest[document["key"]].order, True))
+                      for document in ordinary)
+        outranked = [own[0] for key, own in later.items()
+                     if own[2] and own[0] != stored[key][0]]
+        if contested:
+            outranked += self._add_contested(run_id, contested, greatest, stored)
+        outranked += self._remember(run_id, stored, owned)
+        self.collection.delete_ids(outranked)
+
+    def _add_contested(self, run_id: str, keys: list[str], greatest: dict[str, _Row],
+                       stored: dict[str, _Candidate]) -> list[str]:
+        """Store rows of pairs that another writer started; return outranked ids.
+
+        Reads the pairs' candidates, inserts a row only when it is later than the
+        greatest of them, and returns the ids of the candidates that the greatest
+        one (stored before or inserted now) outranks. First candidates are never
+        returned, so that their `_id` is never inserted twice. Adds to `stored`
+        the greatest candidate of each pair, which the next append compares
+        its rows with.
+        """
+        candidates: dict[str, list[tuple[tuple, str, bool]]] = {key: [] for key in keys}
+        cursor = self.collection.find({"run_id": run_id, "key": {"$in": keys}},
+                                      {"key": 1, "step": 1, "ts": 1, "seq": 1,
+                                       "first": 1})
+        for document in self.db.stream(cursor):
+            candidates[document["key"]].append(
+                (_latest_order(document), document["_id"],
+                 not document.get("first", False)))
+        inserts = []
+        outranked = []
+        for key, found in candidates.items():
+            best = max(found, default=None)
+            row = greatest[key]
+            if best is None or row.order > best[0]:
+                document = _latest_document(run_id, key, row)
+                inserts.append(document)
+                stored[key] = (document["_id"], row.order, True)
+                outranked += [item[1] for item in found if item[2]]
+            else:
+                stored[key] = (best[1], best[0], best[2])
+                outranked += [item[1] for item in found if item[2] and item is not best]
+        if inserts:
+            self.collection.insert_all(inserts)
+        return outranked
+
+    def _recall(self, run_id: str, greatest: dict[str, _Row]
+                ) -> tuple[dict[str, _Candidate], list[str]]:
+        """Split the keys into those with a remembered own candidate and the rest."""
+        owned = {}
+        unknown = []
+        with self._lock:
+            for key in greatest:
+                own = self._own.get((run_id, key))
+                if own is None:
+                    unknown.append(key)
+                else:
+                    self._own.move_to_end((run_id, key))
+                    owned[key] = own
+        return owned, unknown
+
+    def _remember(self, run_id: str, stored: dict[str, _Candidate],
+                  recalled: dict[str, _Candidate]) -> list[str]:
+        """Remember the stored candidates; return ids of own outranked ones.
+
+        When another thread stored a candidate of the same pair since
+        `_recall`, both candidates exist, so the lesser one may be deleted.
+        """
+        outranked = []
+        with self._lock:
+            for key, candidate in stored.items():
+                current = self._own.get((run_id, key))
+                if current is not None and current != recalled.get(key) and \
+                        current[0] != candidate[0]:
+                    lesser, candidate = sorted((current, candidate),
+                                               key=lambda item: (item[1], item[0]))
+                    if lesser[2]:
+                        outranked.append(lesser[0])
+                self._own[(run_id, key)] = candidate
+                self._own.move_to_end((run_id, key))
+            while len(self._own) > LATEST_MEMORY:
+                self._own.popitem(last=False)
+        return outranked
+
+    def forget_run(self, run_id: str) -> None:
+        with self._lock:
+            for pair in [pair for pair in self._own if pair[0] == run_id]:
+                del self._own[pair]
 
 
 # ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("pymongo", reason="the mongodb extra is not installed")
 
 import bson
+import pymongo
 from mltrail import codec
 from mltrail.backend import ScanRequest
 from mltrail.backends import mongodb
@@ -38,7 +39,7 @@ from mltrail.conformance.cases.support import (
     PARAM_VALUES,
     bits,
 )
-from mltrail.domain import Experiment, MetricPoint, Run
+from mltrail.domain import Experiment, MetricPoint, MetricSeries, Run
 from mltrail.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
@@ -532,19 +533,207 @@ def test_metric_chunks_and_latest(store, backend):
     store.log_metrics(run.id, points, batch_id="BATCH1")
     chunks = backend.db.collection("metric_chunks")
     assert chunks.count_documents({"run_id": run.id}) == 3
+    assert store.latest_metrics(run.id)["m"].step == 4_999
     latest = list(backend.db.collection("metric_latest").find({"run_id": run.id}))
-    assert [d["step"] for d in latest] == [4_999]
+    # The first candidate and the repeat, whose points got later timestamps.
+    assert [d["step"] for d in latest] == [4_999, 4_999]
+
+
+def _points(run_id: str, steps: list[int], keys: str = "m",
+            batch: str = "B") -> list[MetricPoint]:
+    stamp = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    return [MetricPoint(run_id=run_id, key=key, value=float(step), step=step,
+                        timestamp=stamp, seq=f"{batch}:{index:010d}:{key}")
+            for index, step in enumerate(steps) for key in keys]
+
+
+def _candidate_steps(backend, run_id: str, key: str = "m") -> list[int]:
+    documents = backend.db.collection("metric_latest").find(
+        {"run_id": run_id, "key": key})
+    return sorted(document["step"] for document in documents)
 
 
 @pytest.mark.emulator("mongodb")
 @needs_server
-def test_latest_candidates_pruned(store, backend):
-    experiment = store.create_experiment("e")
-    run = store.create_run(experiment.id)
-    for step in (3, 9, 5):
-        store.log_metrics(run.id, [{"key": "m", "value": 1.0, "step": step}])
-    latest = list(backend.db.collection("metric_latest").find({"run_id": run.id}))
-    assert [d["step"] for d in latest] == [9]
+def test_latest_keeps_first_and_own_candidate(backend):
+    for batch, step in enumerate((3, 9, 12, 5)):
+        backend.metrics.append("R", _points("R", [step], batch=f"B{batch}"))
+    # The first candidate stays and 12 replaced 9. The 5 is not stored,
+    # because this writer's own candidate is later.
+    assert _candidate_steps(backend, "R") == [3, 12]
+    assert backend.metrics.latest(["R"])["R"]["m"].step == 12
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_latest_other_writers_prune(harness, backend):
+    def writer():
+        return MongoBackend(backend.location, client=harness.client).metrics
+
+    first, second = backend.metrics, writer()
+    first.append("R", _points("R", [3], batch="A1"))
+    first.append("R", _points("R", [9], batch="A2"))
+    second.append("R", _points("R", [5], batch="B1"))
+    # The second writer found the pair started with a later candidate.
+    assert _candidate_steps(backend, "R") == [3, 9]
+    second.append("R", _points("R", [20], batch="B2"))
+    # 20 outranks 9, which the second writer then deletes.
+    assert _candidate_steps(backend, "R") == [3, 20]
+    first.append("R", _points("R", [30], batch="A3"))
+    assert _candidate_steps(backend, "R") == [3, 20, 30]
+    writer().append("R", _points("R", [1], batch="C1"))
+    assert _candidate_steps(backend, "R") == [3, 30]
+    assert first.latest(["R"])["R"]["m"].step == 30
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_retry_by_other_writer_adds_nothing(harness, backend):
+    points = _points("R", list(range(3_000)), "ab")
+    backend.metrics.append("R", points)
+    documents_before = {name: backend.db.collection(name).count_documents({})
+                        for name in ("metric_chunks", "metric_latest")}
+    other = MongoBackend(backend.location, client=harness.client)
+    other.metrics.append("R", points)
+    backend.metrics.append("R", points)
+    for name, count in documents_before.items():
+        assert backend.db.collection(name).count_documents({}) == count
+    assert other.telemetry_counters()["items_written"] == 0
+    assert [p.step for p in backend.metrics.history("R", "a")] == list(range(3_000))
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_latest_after_delete_run_elsewhere(harness, backend):
+    backend.metrics.append("R", _points("R", [7], batch="A1"))
+    MongoBackend(backend.location, client=harness.client).metrics.delete_run("R")
+    backend.metrics.append("R", _points("R", [4], batch="A2"))
+    assert backend.metrics.latest(["R"])["R"]["m"].step == 4
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_latest_reads_earlier_layout(backend):
+    row = _Row.of(_points("R", [50], batch="OLD")[0])
+    # A candidate as stored before first candidates existed.
+    backend.db.collection("metric_latest").insert_one(
+        mongodb._latest_document("R", "m", row))
+    backend.metrics.append("R", _points("R", [10], batch="A1"))
+    assert backend.metrics.latest(["R"])["R"]["m"].step == 50
+    backend.metrics.append("R", _points("R", [60], batch="A2"))
+    assert backend.metrics.latest(["R"])["R"]["m"].step == 60
+    assert backend.metrics.keys("R") == ["m"]
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_latest_same_object_threads(backend):
+    def append(worker: int) -> None:
+        for index in range(10):
+            step = index * 4 + worker
+            backend.metrics.append("R", _points("R", [step], batch=f"W{worker}-{index}"))
+
+    threads = [threading.Thread(target=append, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert backend.metrics.latest(["R"])["R"]["m"].step == 39
+    # The first candidate, the latest one, and at most one candidate per thread
+    # whose deletion raced with another thread's append.
+    assert len(_candidate_steps(backend, "R")) <= 6
+
+
+def _series(run_id: str, key: str, steps: list[int], batch: str) -> MetricSeries:
+    base = 1_700_000_000_000_000
+    return MetricSeries(run_id=run_id, key=key, values=[step / 3 for step in steps],
+                        steps=steps, stamps=[base + step % 5 for step in steps],
+                        seqs=[f"{batch}:{index:010d}" for index in range(len(steps))])
+
+
+def _long_series(run_id: str) -> list[MetricSeries]:
+    # Two series of "a" and one of "b", 21,500 points in all, steps out of order.
+    return [_series(run_id, "a", list(range(12_000))[::-1], "A"),
+            _series(run_id, "b", list(range(9_000)), "B"),
+            _series(run_id, "a", list(range(12_000, 12_500)), "C")]
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_append_series_matches_points(backend):
+    metrics = backend.metrics
+    metrics.append_series("S", _long_series("S"))
+    points = [point for one in _long_series("P") for point in one.points()]
+    for start in range(0, len(points), 10_000):
+        metrics.append("P", points[start:start + 10_000])
+    for key in ("a", "b"):
+        by_series = [(p.step, p.timestamp, p.seq, bits(p.value))
+                     for p in metrics.history("S", key)]
+        by_points = [(p.step, p.timestamp, p.seq, bits(p.value))
+                     for p in metrics.history("P", key)]
+        assert by_series == by_points
+    latest = metrics.latest(["S", "P"])
+    assert latest["S"]["a"].step == latest["P"]["a"].step == 12_499
+    assert latest["S"]["b"].seq == latest["P"]["b"].seq
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_append_series_batches_bounded(monkeypatch, backend):
+    sizes = []
+    write = backend.metrics._append_rows
+
+    def record(run_id, by_key):
+        sizes.append(sum(len(rows) for rows in by_key.values()))
+        write(run_id, by_key)
+
+    monkeypatch.setattr(backend.metrics, "_append_rows", record)
+    backend.metrics.append_series("S", _long_series("S"))
+    assert sizes == [10_000, 10_000, 1_500]
+
+
+class _Commands(pymongo.monitoring.CommandListener):
+    """The (command, collection, filter field names) of each command sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, tuple]] = []
+
+    def started(self, event) -> None:
+        command = event.command
+        name = event.command_name
+        statements = command.get("deletes") or command.get("updates") or \
+            [{"q": command.get("filter")}]
+        filters = tuple(tuple(sorted(s["q"])) if s.get("q") else () for s in statements)
+        self.sent.append((name, command.get(name), filters))
+
+    def succeeded(self, event) -> None:
+        pass
+
+    def failed(self, event) -> None:
+        pass
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_append_requests_use_only_ids(harness, backend):
+    commands = _Commands()
+    client = pymongo.MongoClient(harness.location.uri, event_listeners=[commands])
+    try:
+        metrics = MongoBackend(backend.location, client=client).metrics
+        keys = "abcdefghij"
+        for batch, steps in enumerate(([0], range(1, 100), range(100, 200))):
+            commands.sent.clear()
+            metrics.append("R", _points("R", list(steps), keys, batch=f"B{batch}"))
+            names = [(name, collection) for name, collection, _ in commands.sent]
+            expected = [("insert", "metric_chunks"), ("insert", "metric_latest")]
+            if batch == 2:
+                # The candidates of batch 1 are replaced; the first ones stay.
+                expected.append(("delete", "metric_latest"))
+                assert commands.sent[-1][2] == (("_id",),) * len(keys)
+            assert names == expected
+        assert sorted(metrics.latest(["R"])["R"]) == list(keys)
+    finally:
+        client.close()
 
 
 @pytest.mark.emulator("mongodb")
@@ -727,6 +916,22 @@ def test_counters_match_metric_chunks(harness, store, backend):
     assert documents_after - documents_before == 4
     assert grown["items_written"] == 4
     assert grown["bytes_written"] == bytes_after - bytes_before
+
+
+@pytest.mark.emulator("mongodb")
+@needs_server
+def test_counters_count_replaced_candidates(backend):
+    for batch, step in enumerate((3, 9, 12)):
+        backend.metrics.append("R", _points("R", [step], batch=f"B{batch}"))
+    counters = backend.telemetry_counters()
+    # Three chunks and three candidates inserted, and the candidate of 9 deleted.
+    assert counters["items_written"] == 7
+    stored = [document for name in ("metric_chunks", "metric_latest")
+              for document in backend.db.collection(name).find()]
+    assert len(stored) == 5
+    deleted = mongodb._latest_document("R", "m", _Row.of(_points("R", [9], batch="B1")[0]))
+    assert counters["bytes_written"] == \
+        sum(len(bson.encode(d)) for d in stored) + len(bson.encode(deleted))
 
 
 @pytest.mark.emulator("mongodb")
