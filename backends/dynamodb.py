@@ -42,9 +42,11 @@ import tempfile
 import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
+from itertools import repeat
 from operator import itemgetter
 from typing import Any, Iterable, Iterator, Sequence
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -57,7 +59,7 @@ from mltrail.backend import (
 from mltrail.clock import isoformat, to_micros
 from mltrail.domain import (
     AuditEvent, Dataset, Entity, Experiment, LineageEdge, LineageNode, MetricPoint,
-    Model, ModelVersion, Run,
+    MetricSeries, Model, ModelVersion, Run,
 )
 from mltrail.errors import (
     AlreadyExistsError, BackendUnavailableError, ConflictError, InvalidInputError,
@@ -121,6 +123,8 @@ NATIVE_ORDER_FIELDS = frozenset({"created_at"})
 UNKNOWN = "unknown"
 TABLE_WAIT_SECONDS = 300.0
 RETRY_ATTEMPTS = 10
+PARALLEL_REQUESTS = 8
+"""Threads that send independent writes at once, within the client's 16 connections."""
 
 # Item: attribute name -> typed DynamoDB value ({"S": ...}, {"N": ...}, {"B": ...}).
 Item = dict[str, dict[str, Any]]
@@ -600,6 +604,7 @@ class _Table:
         self._layout: _Layout | None = None
         self._request_lock = _RequestLock(config.endpoint) \
             if config.serialize and config.endpoint else None
+        self._pool: ThreadPoolExecutor | None = None
         self.counters = _WriteCounters()
 
     @property
@@ -664,6 +669,30 @@ class _Table:
                 self.counters.add(operation, kwargs, response, self.name)
             return response
         raise AssertionError("unreachable")
+
+    def call_each(self, operation: str, requests: Sequence[dict[str, Any]]
+                  ) -> list[MltrailError | None]:
+        """Send independent requests through `call` and return each one's error or None.
+
+        They go on up to PARALLEL_REQUESTS threads at once, unless a request
+        lock makes the threads wait for each other anyway.
+        """
+
+        def send(request: dict[str, Any]) -> MltrailError | None:
+            try:
+                self.call(operation, **request)
+            except MltrailError as error:
+                return error
+            return None
+
+        if self._request_lock is not None or len(requests) < 2:
+            return [send(request) for request in requests]
+        with self._client_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(PARALLEL_REQUESTS,
+                                                thread_name_prefix="mltrail-dynamodb")
+            pool = self._pool
+        return list(pool.map(send, requests))
 
     def get(self, key: Item, attributes: Sequence[str]) -> Item | None:
         names, projection = _projection(attributes)
@@ -853,6 +882,10 @@ class _Table:
         self._layout = None
 
     def close(self) -> None:
+        with self._client_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
         if self._request_lock is not None:
             self._request_lock.close()
         if not self._owns_client:
@@ -1416,10 +1449,8 @@ class DynamoDBMetricRepository(MetricRepository):
     def append(self, run_id: str, points: Sequence[MetricPoint]) -> None:
         if not points:
             return
-        layout = self._table.layout
-        width = layout.step_bucket_width
-        series: dict[tuple[str, int], dict[str, Row]] = {}
-        latest: dict[str, Row] = {}
+        width = self._table.layout.step_bucket_width
+        groups: dict[tuple[str, int], dict[str, Row]] = {}
         last_stamp = None
         micros = 0
         for point in points:
@@ -1429,32 +1460,70 @@ class DynamoDBMetricRepository(MetricRepository):
                 micros = to_micros(stamp)
                 last_stamp = stamp
             row = (point.step, micros, point.seq, point.value, point.extras())
-            key = point.key
-            series.setdefault((key, point.step // width), {})[point.seq] = row
-            best = latest.get(key)
-            if best is None or row[:3] >= best[:3]:
-                latest[key] = row
+            groups.setdefault((point.key, point.step // width), {})[point.seq] = row
+        self._write(run_id, groups)
 
+    def append_series(self, run_id: str, series: Sequence[MetricSeries]) -> None:
+        """Store series like `append`, building row tuples from the columns directly."""
+        width = self._table.layout.step_bucket_width
+        groups: dict[tuple[str, int], dict[str, Row]] = {}
+        for one in series:
+            if not len(one):
+                continue
+            rows = zip(one.steps, one.stamps, one.seqs, one.values, repeat(None))
+            low, high = min(one.steps) // width, max(one.steps) // width
+            if low == high:
+                groups.setdefault((one.key, low), {}).update(zip(one.seqs, rows))
+                continue
+            for row in rows:
+                groups.setdefault((one.key, row[0] // width), {})[row[2]] = row
+        if groups:
+            self._write(run_id, groups)
+
+    def _write(self, run_id: str, groups: dict[tuple[str, int], dict[str, Row]]
+               ) -> None:
+        """Write rows grouped by (key, bucket) and seq, then each key's latest point.
+
+        Chunks, bucket-list items and the run's list item go by BatchWriteItem.
+        Each of them is a put of a fixed key, so a retry overwrites it. History goes
+        first, so a latest item never names a point that history lacks. A
+        write that stops part-way can leave some of the batch's points in
+        history and the latest points as they were, until the batch is sent
+        again.
+        """
+        layout = self._table.layout
         writes = []
+        latest: dict[str, Row] = {}
         written = time.time_ns()
-        for (key, bucket), rows in series.items():
+        for (key, bucket), rows in groups.items():
             _check_sort_key(key, "metric key")
             ordered = sorted(rows.values(), key=_ORDER)
             for chunk in _split_chunks(key, ordered):
                 item = _chunk_item(run_id, key, bucket, chunk, written)
                 writes.append(_put_write(item))
             writes.append(_put_write(_key(f"buckets|{run_id}|{key}", f"{bucket:016x}")))
+            last = ordered[-1]
+            best = latest.get(key)
+            if best is None or _ORDER(last) > _ORDER(best):
+                latest[key] = last
 
         writes.append(_put_write({
             **_key(f"metrics|{run_id}"),
             LIST_KEY: _s(f"metrics|{_shard(run_id, layout.shards)}"),
             INDEX_SORT: _s(run_id)}))
-        # History first: a latest item must never name a point history lacks.
         self._table.batch_write(writes)
         self._write_latest(run_id, latest)
 
     def _write_latest(self, run_id: str, latest: dict[str, Row]) -> None:
-        """Store each metric's newest point unless a later point is stored already."""
+        """Store each metric's newest point unless a later point is stored already.
+
+        Each metric gets one conditional PutItem, sent in parallel unless
+        requests are serialized. The condition makes every put atomic against
+        other writers on its own, so a transaction over the metrics would only
+        add cost. DynamoDB charges two write units per transactional item, and
+        moto 5.2.5 deep-copies the whole table for every item of a
+        TransactWriteItems request.
+        """
         condition = "attribute_not_exists(#pk) OR #order_key <= :order"
         puts = []
         for key, row in latest.items():
@@ -1463,24 +1532,11 @@ class DynamoDBMetricRepository(MetricRepository):
                     "points": {"B": _pack_rows([row])}}
             puts.append(_put_request(self._table.name, item, condition,
                                      {":order": _s(order)}))
-        if len(puts) == 1:
-            try:
-                self._table.call("put_item", **puts[0])
-            except _ConditionFailed:
-                pass
-            return
-        for group in chunked(puts, TRANSACTION_ITEMS):
-            while group:
-                try:
-                    self._table.transact([{"Put": put} for put in group])
-                    break
-                except _ConditionFailed as error:
-                    # Drop the puts a later point beat and retry the rest.
-                    rest = [put for put, reason in zip(group, error.reasons)
-                            if reason != "ConditionalCheckFailed"]
-                    if len(rest) == len(group):
-                        raise
-                    group = rest
+        # A failed condition means a later point of that metric is stored.
+        errors = [error for error in self._table.call_each("put_item", puts)
+                  if error is not None and not isinstance(error, _ConditionFailed)]
+        if errors:
+            raise errors[0]
 
     def history(self, run_id, key, *, min_step=None, max_step=None, start=None,
                 end=None) -> Iterator[MetricPoint]:

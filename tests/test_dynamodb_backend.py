@@ -730,3 +730,170 @@ def test_storage_stats_of_missing_table(harness):
         assert config.table_name in str(caught.value)
     finally:
         backend.close()
+
+
+# ----------------------------------------------------------------------
+# Metric appends: requests, series, partial writes
+# ----------------------------------------------------------------------
+
+
+def _operations(backend) -> list[str]:
+    """Record the name of every request the backend's client sends from now on."""
+    sent: list[str] = []
+    backend._table.client.meta.events.register(
+        "before-call.dynamodb", lambda model, **_: sent.append(model.name))
+    return sent
+
+
+def _series(run_id: str, key: str, steps: list[int], micros: int, batch: str):
+    from mltrail.domain import MetricSeries
+
+    return MetricSeries(run_id=run_id, key=key, values=[s / 3 for s in steps],
+                        steps=list(steps), stamps=[micros + s for s in steps],
+                        seqs=[f"{batch}:{s:010d}" for s in steps])
+
+
+def _history_rows(backend, run_id: str, key: str) -> list[tuple]:
+    return [(p.step, p.timestamp, p.seq, bits(p.value))
+            for p in backend.metrics.history(run_id, key)]
+
+
+@needs_emulator
+def test_append_sends_one_batch_and_put_per_metric(backend):
+    from mltrail.domain import MetricPoint
+
+    stamp = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    points = [MetricPoint(run_id="R1", key=f"m{k}", value=float(step), step=step,
+                          timestamp=stamp, seq=f"B:{step * 10 + k:010d}")
+              for step in range(100) for k in range(10)]
+    backend.metrics.latest(["R1"])  # creates the table before counting
+    sent = _operations(backend)
+    backend.metrics.append("R1", points)
+    # 10 chunks, 10 bucket-list items and the run's list item fit in one
+    # BatchWriteItem. Each metric's latest point is one conditional PutItem.
+    assert sent.count("BatchWriteItem") == 1
+    assert sent.count("PutItem") == 10
+    assert "TransactWriteItems" not in sent
+    assert len(sent) == 11
+
+
+@needs_emulator
+def test_append_series_matches_append(backend):
+    micros = 1_700_000_000_000_000
+    series = [_series("S", key, list(range(40)), micros, "B") for key in ("a", "b")]
+    backend.metrics.append_series("S", series)
+    points = [point for one in series for point in one.points()]
+    backend.metrics.append("P", [replace(p, run_id="P") for p in points])
+    for key in ("a", "b"):
+        assert _history_rows(backend, "S", key) == _history_rows(backend, "P", key)
+        assert len(_history_rows(backend, "S", key)) == 40
+    latest = backend.metrics.latest(["S", "P"])
+    assert latest["S"]["a"].step == 39
+    assert replace(latest["S"]["b"], run_id="P") == latest["P"]["b"]
+    assert backend.metrics.keys("S") == ["a", "b"]
+
+
+@needs_emulator
+def test_append_series_across_buckets(backend):
+    width = backend._table.layout.step_bucket_width
+    steps = [width - 2, width - 1, width, 2 * width + 5]
+    backend.metrics.append_series("R1", [_series("R1", "m", steps, 10**15, "B")])
+    assert [row[0] for row in _history_rows(backend, "R1", "m")] == steps
+    assert len(_items(backend, "buckets|R1|m")) == 3
+    assert backend.metrics.latest(["R1"])["R1"]["m"].step == 2 * width + 5
+
+
+@needs_emulator
+def test_append_series_retry_adds_nothing(backend):
+    series = [_series("R1", "m", list(range(30)), 10**15, "B")]
+    backend.metrics.append_series("R1", series)
+    first = _history_rows(backend, "R1", "m")
+    backend.metrics.append_series("R1", series)
+    assert _history_rows(backend, "R1", "m") == first
+    assert len(_items(backend, dynamodb._points_pk("R1", "m", 0))) == 1
+
+
+@needs_emulator
+def test_append_series_of_empty_series_writes_nothing(backend):
+    backend.metrics.latest(["R1"])
+    before = backend.telemetry_counters()
+    backend.metrics.append_series("R1", [_series("R1", "m", [], 10**15, "B")])
+    assert backend.telemetry_counters() == before
+    assert backend.metrics.keys("R1") == []
+
+
+@needs_emulator
+def test_beaten_latest_keeps_other_metrics(store):
+    run = store.create_run(store.create_experiment("e").id)
+    store.log_metrics(run.id, [{"key": "a", "value": 9.0, "step": 9}])
+    before = store.backend.telemetry_counters()
+    store.log_metrics(run.id, [{"key": "a", "value": 1.0, "step": 1},
+                               {"key": "b", "value": 2.0, "step": 2},
+                               {"key": "c", "value": 3.0, "step": 3}])
+    grown = _grown(before, store.backend.telemetry_counters())
+    # Three chunks, three bucket-list items, the run's list entry and the
+    # latest points of b and c are written. Step 9 beats the latest of a.
+    assert grown["items_written"] == 9
+    latest = store.latest_metrics(run.id)
+    assert latest["a"].step == 9
+    assert latest["b"].step == 2
+    assert latest["c"].step == 3
+
+
+@needs_emulator
+def test_failed_latest_write_leaves_history(backend, monkeypatch):
+    from mltrail.domain import MetricPoint
+
+    stamp = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    points = [MetricPoint(run_id="R1", key=key, value=float(step), step=step,
+                          timestamp=stamp, seq=f"B:{key}{step:06d}")
+              for key in ("a", "b") for step in range(5)]
+    table = backend._table
+    original = table.call
+
+    def fail_latest(operation, **kwargs):
+        if operation == "put_item" and kwargs["Item"]["sk"]["S"] == "b":
+            raise BackendUnavailableError("connection lost", "test")
+        return original(operation, **kwargs)
+
+    monkeypatch.setattr(table, "call", fail_latest)
+    with pytest.raises(BackendUnavailableError):
+        backend.metrics.append("R1", points)
+    # History went first, so it contains every point, but b has no latest yet.
+    assert [p.step for p in backend.metrics.history("R1", "b")] == list(range(5))
+    assert set(backend.metrics.latest(["R1"])["R1"]) == {"a"}
+    monkeypatch.setattr(table, "call", original)
+    backend.metrics.append("R1", points)
+    assert [p.step for p in backend.metrics.history("R1", "b")] == list(range(5))
+    assert backend.metrics.latest(["R1"])["R1"]["b"].step == 4
+
+
+@needs_emulator
+def test_parallel_latest_puts_without_lock(harness):
+    from mltrail.domain import MetricPoint
+
+    config = replace(harness.config, serialize=False,
+                     prefix=f"{harness.config.prefix}-parallel-{os.getpid()}")
+    backend = DynamoDBBackend(config)
+    try:
+        backend._table.ensure_ready(new=True)
+        stamp = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        backend.metrics.append("R1", [MetricPoint(
+            run_id="R1", key="k3", value=9.0, step=9, timestamp=stamp, seq="A:0")])
+        points = [MetricPoint(run_id="R1", key=f"k{k}", value=float(k), step=5,
+                              timestamp=stamp, seq=f"B:{k:06d}") for k in range(20)]
+        before = backend.telemetry_counters()
+        backend.metrics.append("R1", points)
+        grown = _grown(before, backend.telemetry_counters())
+        latest = backend.metrics.latest(["R1"])["R1"]
+        assert backend._table._pool is not None
+        assert sorted(latest) == sorted(f"k{k}" for k in range(20))
+        assert latest["k3"].step == 9
+        assert all(latest[f"k{k}"].step == 5 for k in range(20) if k != 3)
+        # 20 chunks, 20 bucket-list items, the run's list item and 19 latest
+        # points are written, because step 9 beats the latest of k3.
+        assert grown["items_written"] == 60
+    finally:
+        backend._table.drop()
+        backend.close()
+    assert backend._table._pool is None
