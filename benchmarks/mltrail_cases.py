@@ -76,6 +76,21 @@ def ingest_long_series(store: Store, values: list[float]) -> tuple[float, str]:
     return time.perf_counter() - started, run.id
 
 
+def ingest_plugin_workload(store: Store, points: int) -> float:
+    """Log what the mlflow-dynamodbstore worker logs, point by point; return seconds.
+
+    One run, ten metrics `metric_0` ... `metric_9`, value 0.5 + index at step
+    index // 10, as in `dynamodbstore_worker.py`.
+    """
+    run = _start(store, "plugin-workload")
+    started = time.perf_counter()
+    log_metric = run.log_metric
+    for index in range(points):
+        log_metric(f"metric_{index % 10}", 0.5 + index, step=index // 10)
+    run.flush()
+    return time.perf_counter() - started
+
+
 def short_run(store: Store, points: int = 10) -> str:
     """Create a run with a 10-point `loss` history and return its id."""
     run = _start(store, "short")
