@@ -83,6 +83,7 @@ from mltrail.domain import (
     LineageEdge,
     LineageNode,
     MetricPoint,
+    MetricSeries,
     Model,
     ModelVersion,
     Run,
@@ -112,7 +113,14 @@ try:
     from cassandra.connection import ConnectionException, DefaultEndPoint
     from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
     from cassandra.protocol import ErrorMessage
-    from cassandra.query import BatchStatement, BatchType, dict_factory, tuple_factory
+    from cassandra.query import (
+        UNSET_VALUE,
+        BatchStatement,
+        BatchType,
+        BoundStatement,
+        dict_factory,
+        tuple_factory,
+    )
 except ImportError as error:  # the driver is the optional extra `cassandra`
     cassandra = None
     _DRIVER_IMPORT_ERROR: ImportError | None = error
@@ -159,6 +167,10 @@ CLAIM_GRACE_SECONDS = 60.0
 # Index entries of recently read records kept per repository, see
 # CassandraEntityRepository._seen.
 SEEN_RECORDS = 4_096
+# The maximum runs, and keys per run, whose latest metric points each metric
+# repository remembers (see CassandraMetricRepository._known_latest).
+KNOWN_LATEST_RUNS = 1_024
+KNOWN_LATEST_KEYS = 10_000
 
 # Statements whose CQL starts with one of these change rows (see _written).
 WRITE_VERBS = ("INSERT", "UPDATE", "DELETE")
@@ -950,6 +962,8 @@ class _WriteCounters:
 
 def _written(statement: Any) -> tuple[int, int]:
     """Return (rows, bytes of bound values) that a statement writes, (0, 0) for a read."""
+    if isinstance(statement, _CountedBatch):
+        return len(statement), statement.bound_bytes
     if isinstance(statement, BatchStatement):
         # NOTE: cassandra-driver 3.30 keeps a batch's serialized values only in
         # this private attribute. A driver without it makes batches count 0 bytes.
@@ -963,6 +977,21 @@ def _written(statement: Any) -> tuple[int, int]:
 
 def _bound_bytes(values: Iterable[Any]) -> int:
     return sum(len(value) for value in values if isinstance(value, bytes))
+
+
+if cassandra is not None:
+    class _CountedBatch(BatchStatement):
+        """An unlogged batch that carries the byte count of its bound values.
+
+        Counting while the rows are serialized costs less than the pass over
+        every value that `_written` makes otherwise.
+        """
+
+        def __init__(self) -> None:
+            super().__init__(batch_type=BatchType.UNLOGGED)
+            self.bound_bytes = 0
+else:
+    _CountedBatch = None  # type: ignore[assignment,misc]
 
 
 class _Cql:
@@ -1126,6 +1155,19 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _slices(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _rows_per_batch(row_bytes: int) -> int:
+    return max(1, min(MAX_BATCH_ROWS, MAX_BATCH_BYTES // max(row_bytes, 1)))
+
+
+def _row_order(row: tuple) -> tuple:
+    return row[:3]
 
 
 def _distinct(rows: Iterable[tuple]) -> Iterator[tuple]:
@@ -1572,12 +1614,71 @@ class CassandraEntityRepository(EntityRepository):
 # ---------------------------------------------------------------------------
 
 
-def _point_row(point: MetricPoint) -> tuple:
-    """Return (step bucket, day, step, ts_us, seq, value, extra) of a point."""
+# A point row as the metric code passes it around: (step, ts_us, seq, value,
+# extra), the clustering columns first, so rows compare in history order.
+PointRow = tuple[int, int, str, float, str | None]
+# A point partition of one append: (key, step bucket, day).
+Partition = tuple[str, int, int]
+
+
+def _point_row(point: MetricPoint) -> PointRow:
     ts_us = to_micros(point.timestamp)
     extra = point.extras()
-    return (point.step // STEP_BUCKET, ts_us // DAY_MICROS, point.step, ts_us,
-            point.seq, point.value, None if extra is None else _dumps(extra))
+    return (point.step, ts_us, point.seq, point.value,
+            None if extra is None else _dumps(extra))
+
+
+def _partition_rows(points: Iterable[MetricPoint]) -> dict[Partition, list[PointRow]]:
+    partitions: dict[Partition, list[PointRow]] = {}
+    for point in points:
+        row = _point_row(point)
+        partition = (point.key, row[0] // STEP_BUCKET, row[1] // DAY_MICROS)
+        rows = partitions.get(partition)
+        if rows is None:
+            rows = partitions[partition] = []
+        rows.append(row)
+    return partitions
+
+
+def _series_rows(series: Iterable[MetricSeries]) -> dict[Partition, list[PointRow]]:
+    partitions: dict[Partition, list[PointRow]] = {}
+    for metric in series:
+        key = metric.key
+        current: tuple[int, int] | None = None
+        rows: list[PointRow] = []
+        for value, step, ts_us, seq in zip(metric.values, metric.steps, metric.stamps,
+                                           metric.seqs):
+            where = (step // STEP_BUCKET, ts_us // DAY_MICROS)
+            if where != current:
+                current = where
+                rows = partitions.setdefault((key, *where), [])
+            rows.append((step, ts_us, seq, value, None))
+    return partitions
+
+
+def _series_chunks(series: Sequence[MetricSeries],
+                   size: int) -> Iterator[list[MetricSeries]]:
+    """Split series into lists of at most `size` points, slicing long series."""
+    chunk: list[MetricSeries] = []
+    room = size
+    for metric in series:
+        start = 0
+        while start < len(metric):
+            end = min(len(metric), start + room)
+            if (start, end) == (0, len(metric)):
+                chunk.append(metric)
+            else:
+                chunk.append(replace(
+                    metric, values=metric.values[start:end],
+                    steps=metric.steps[start:end], stamps=metric.stamps[start:end],
+                    seqs=metric.seqs[start:end]))
+            room -= end - start
+            start = end
+            if room == 0:
+                yield chunk
+                chunk, room = [], size
+    if chunk:
+        yield chunk
 
 
 def _point(run_id: str, key: str, step: int, ts_us: int, seq: str, value: float,
@@ -1588,90 +1689,205 @@ def _point(run_id: str, key: str, step: int, ts_us: int, seq: str, value: float,
     return point.with_extras(json.loads(extra)) if extra else point
 
 
+class _PointBinder:
+    """A builder of INSERT_POINT batches of one partition, with little work per row.
+
+    Adding a row through `PreparedStatement.bind` took about 30 microseconds
+    with cassandra-driver 3.30.1 on the benchmark machine, and adding it here
+    about 3. Only the first row of a batch goes through `bind`, which also
+    gives the batch its routing key. The other rows reuse its serialized
+    partition key and serialize their five other columns with the column types
+    of the prepared statement, as `bind` does.
+
+    A point without optional fields leaves `extra` unset rather than null,
+    because a null makes Cassandra write a tombstone into every row. Points
+    with one identity have one content, so no stored `extra` needs clearing.
+    """
+
+    def __init__(self, prepared: Any) -> None:
+        self.prepared = prepared
+        version = prepared.protocol_version
+        types = [column.type for column in prepared.column_metadata]
+        # INSERT_POINT binds the five partition key columns, then step, ts_us,
+        # seq, value and extra.
+        serializers = [column_type.serialize for column_type in types[5:]]
+        self._step, self._ts_us, self._seq, self._value, self._extra = serializers
+        self._version = version
+        # Protocol versions before 4 have no unset values.
+        self._no_extra = UNSET_VALUE if version >= 4 else None
+
+    def batch(self, partition_key: tuple, rows: Sequence[PointRow]) -> Any:
+        prepared, version = self.prepared, self._version
+        step_of, ts_of, seq_of = self._step, self._ts_us, self._seq
+        value_of, extra_of = self._value, self._extra
+        no_extra = self._no_extra
+        batch = _CountedBatch()
+        step, ts_us, seq, value, extra = rows[0]
+        first = prepared.bind((*partition_key, step, ts_us, seq, value,
+                               no_extra if extra is None else extra))
+        batch.add(first)
+        head = first.values[:5]
+        size = _bound_bytes(first.values)
+        # Each later row has its head, three 8-byte numbers, its seq and extra.
+        row_size = _bound_bytes(head) + 24
+        for row in rows[1:]:
+            step, ts_us, seq, value, extra = row
+            seq_bytes = seq_of(seq, version)
+            extra_bytes = no_extra if extra is None else extra_of(extra, version)
+            size += row_size + len(seq_bytes)
+            if extra_bytes is not no_extra:
+                size += len(extra_bytes)
+            bound = BoundStatement(prepared)
+            bound.raw_values = row
+            bound.values = [*head, step_of(step, version), ts_of(ts_us, version),
+                            seq_bytes, value_of(value, version), extra_bytes]
+            batch.add(bound)
+        batch.bound_bytes = size
+        return batch
+
+
 class CassandraMetricRepository(MetricRepository):
     """Metric histories by step bucket and day, and the latest point per metric."""
 
     def __init__(self, cql: _Cql) -> None:
         self._cql = cql
+        # run id -> key -> (step, ts_us, seq) of the latest point as this
+        # repository last wrote or read it, for the runs used last. Other
+        # processes may have raised the stored point since, or deleted it, so
+        # it only serves as the expected value of the next conditional update,
+        # and a failed condition reads the stored point again.
+        self._known_latest: OrderedDict[str, dict[str, tuple]] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     def append(self, run_id: str, points: Sequence[MetricPoint]) -> None:
+        self._store_rows(run_id, _partition_rows(points))
+
+    def append_series(self, run_id: str, series: Sequence[MetricSeries]) -> None:
+        """Store series from their columns, without a MetricPoint per value."""
+        for chunk in _series_chunks(series, limits.MAX_METRIC_BATCH):
+            self._store_rows(run_id, _series_rows(chunk))
+
+    def _store_rows(self, run_id: str,
+                    partitions: dict[Partition, list[PointRow]]) -> None:
+        """Write the rows and partition markers, then raise the latest points."""
+        if not partitions:
+            return
         store = self._cql.store
-        by_partition: dict[tuple[str, int, int], list[tuple]] = {}
-        best: dict[str, tuple] = {}
-        for point in points:
-            row = _point_row(point)
-            by_partition.setdefault((point.key, row[0], row[1]), []).append(row)
-            if point.key not in best or row[2:5] > best[point.key][2:5]:
-                best[point.key] = row
+        best: dict[str, PointRow] = {}
+        for (key, _, _), rows in partitions.items():
+            top = max(rows, key=_row_order)
+            if key not in best or top[:3] > best[key][:3]:
+                best[key] = top
         statements: list[tuple[Any, Any]] = [
             (INSERT_METRIC_RUN, (store, _shard(run_id), run_id))]
-        markers = [(store, run_id, *partition) for partition in by_partition]
-        statements += [(batch, None)
-                       for batch in self._batches(INSERT_PARTITION, markers, 64)]
-        for (key, _, _), rows in by_partition.items():
-            row_bytes = 64 + sum(len(row[-1] or "") for row in rows) // len(rows)
-            values = [(store, run_id, key, *row) for row in rows]
-            statements += [(batch, None)
-                           for batch in self._batches(INSERT_POINT, values, row_bytes)]
+        markers = [(store, run_id, *partition) for partition in partitions]
+        statements += [(self._cql.batch(INSERT_PARTITION, chunk), None)
+                       for chunk in _slices(markers, _rows_per_batch(64))]
+        binder = _PointBinder(self._cql.connection.prepare(INSERT_POINT))
+        for (key, bucket, day), rows in partitions.items():
+            row_bytes = 64 + sum(len(row[4] or "") for row in rows) // len(rows)
+            partition_key = (store, run_id, key, bucket, day)
+            statements += [(binder.batch(partition_key, chunk), None)
+                           for chunk in _slices(rows, _rows_per_batch(row_bytes))]
+        orders = {key: row[:3] for key, row in best.items()}
+        keys = sorted(best)
+        # The stored latest points are read only when a key has no remembered
+        # point, or when the remembered points leave nothing to raise, because
+        # a delete in another process may have removed them. The read runs
+        # alongside the point writes.
+        current = self._known(run_id, keys)
+        read = None
+        if current is None or not self._pending(orders, current):
+            read = self._cql.start(SELECT_LATEST_ORDER, (store, run_id, keys))
         self._cql.run_all(statements)
+        if read is not None:
+            current = {key: tuple(rest) for key, *rest in self._cql.rows_of(read)}
         # The latest values change only after the points they describe are stored.
-        self._raise_latest(run_id, {key: row[2:] for key, row in best.items()})
+        self._raise_latest(run_id, orders, {key: row[3:] for key, row in best.items()},
+                           current)
 
-    def _batches(self, cql: str, rows: list[tuple], row_bytes: int) -> Iterator[Any]:
-        per_batch = max(1, min(MAX_BATCH_ROWS, MAX_BATCH_BYTES // max(row_bytes, 1)))
-        for start in range(0, len(rows), per_batch):
-            yield self._cql.batch(cql, rows[start:start + per_batch])
+    def _raise_latest(self, run_id: str, best: dict[str, tuple],
+                      contents: dict[str, tuple], current: dict[str, tuple]) -> None:
+        """Make each key's latest point at least `best`, with conditional batches.
 
-    def _raise_latest(self, run_id: str, best: dict[str, tuple]) -> None:
-        """Make each key's latest row at least `best`, with conditional batches.
-
-        The batch conditions name the latest rows as last read, so a writer that
-        raced ahead makes the batch fail, and the loop reads and compares again.
+        `best` maps keys to (step, ts_us, seq), `contents` to (value, extra),
+        and `current` to the (step, ts_us, seq) that the latest points had when
+        this repository last wrote or read them. The batch conditions name
+        `current`, so a writer that raced ahead makes the batch fail, and the
+        loop reads, compares and tries again.
         """
         keys = sorted(best)
-        current = self._latest_order(run_id, keys, serial=False)
         for attempt in range(MAX_CAS_ATTEMPTS):
-            pending = {key: row for key, row in best.items()
-                       if key not in current or row[:3] > current[key]}
+            pending = self._pending(best, current)
             if not pending:
+                self._remember(run_id, current)
                 return
             applied, _ = self._cql.conditional(
-                self._latest_batch(run_id, pending, current), None,
+                self._latest_batch(run_id, pending, contents, current), None,
                 lambda: (False, {}))
             if applied:
+                self._remember(run_id, {**current, **pending})
                 return
             logger.debug("latest metrics of run %s changed concurrently, retrying "
                          "(attempt %d)", run_id, attempt + 1)
-            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-            current = self._latest_order(run_id, keys, serial=True)
+            if attempt:
+                time.sleep(random.uniform(0, 0.002 * attempt))
+            current = self._latest_order(run_id, keys)
         raise ConflictError(
             f"the latest metric values of run {run_id!r} kept changing concurrently; "
             f"gave up after {MAX_CAS_ATTEMPTS} attempts", run_id)
 
+    @staticmethod
+    def _pending(best: dict[str, tuple], current: dict[str, tuple]) -> dict[str, tuple]:
+        return {key: order for key, order in best.items()
+                if key not in current or order > current[key]}
+
+    def _known(self, run_id: str, keys: list[str]) -> dict[str, tuple] | None:
+        """Return the remembered latest order of every key, or None if one is missing."""
+        with self._known_lock:
+            known = self._known_latest.get(run_id)
+            if known is None:
+                return None
+            self._known_latest.move_to_end(run_id)
+            try:
+                return {key: known[key] for key in keys}
+            except KeyError:
+                return None
+
+    def _remember(self, run_id: str, orders: dict[str, tuple]) -> None:
+        with self._known_lock:
+            known = self._known_latest.get(run_id)
+            if known is None or len(known) + len(orders) > KNOWN_LATEST_KEYS:
+                known = self._known_latest[run_id] = {}
+            self._known_latest.move_to_end(run_id)
+            known.update(orders)
+            while len(self._known_latest) > KNOWN_LATEST_RUNS:
+                self._known_latest.popitem(last=False)
+
+    def _forget(self, run_id: str) -> None:
+        with self._known_lock:
+            self._known_latest.pop(run_id, None)
+
     def _latest_batch(self, run_id: str, pending: dict[str, tuple],
-                      current: dict[str, tuple]) -> Any:
+                      contents: dict[str, tuple], current: dict[str, tuple]) -> Any:
         store = self._cql.store
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-        for key, (step, ts_us, seq, value, extra) in pending.items():
+        for key, order in pending.items():
+            values = (*order, *contents[key])
             if key in current:
                 batch.add(self._cql.connection.prepare(RAISE_LATEST),
-                          (step, ts_us, seq, value, extra, store, run_id, key,
-                           *current[key]))
+                          (*values, store, run_id, key, *current[key]))
             else:
                 batch.add(self._cql.connection.prepare(INSERT_LATEST),
-                          (store, run_id, key, step, ts_us, seq, value, extra))
+                          (store, run_id, key, *values))
         return batch
 
-    def _latest_order(self, run_id: str, keys: list[str],
-                      serial: bool) -> dict[str, tuple]:
-        """Return key -> (step, ts_us, seq) of the stored latest points."""
+    def _latest_order(self, run_id: str, keys: list[str]) -> dict[str, tuple]:
+        """Return key -> (step, ts_us, seq) of the stored latest points, read at
+        serial consistency."""
         params = (self._cql.store, run_id, keys)
-        if serial:
-            rows = self._cql.rows(SELECT_LATEST_ORDER, params, profile="serial")
-            return {row["key"]: (row["step"], row["ts_us"], row["seq"])
-                    for row in rows}
-        return {key: tuple(rest)
-                for key, *rest in self._cql.rows(SELECT_LATEST_ORDER, params)}
+        rows = self._cql.rows(SELECT_LATEST_ORDER, params, profile="serial")
+        return {row["key"]: (row["step"], row["ts_us"], row["seq"]) for row in rows}
 
     def history(self, run_id, key, *, min_step=None, max_step=None, start=None,
                 end=None) -> Iterator[MetricPoint]:
@@ -1750,6 +1966,7 @@ class CassandraMetricRepository(MetricRepository):
         return sorted(row[0] for row in rows)
 
     def delete_run(self, run_id: str) -> None:
+        self._forget(run_id)
         store = self._cql.store
         partitions = self._cql.stream(SELECT_RUN_PARTITIONS, (store, run_id))
         for chunk in _chunks(partitions, DOC_CHUNK):

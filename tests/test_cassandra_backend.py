@@ -25,7 +25,7 @@ import cassandra
 from cassandra import WriteType
 from cassandra.cluster import NoHostAvailable
 
-from mltrail import codec
+from mltrail import codec, limits
 from mltrail.backend import ScanRequest
 from mltrail.backends import cassandra as module
 from mltrail.backends.cassandra import (
@@ -34,7 +34,7 @@ from mltrail.backends.cassandra import (
     parse_url,
     translate_error,
 )
-from mltrail.domain import AuditEvent, Experiment, Run
+from mltrail.domain import AuditEvent, Experiment, MetricPoint, MetricSeries, Run
 from mltrail.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
@@ -353,6 +353,36 @@ def test_capabilities_declared():
     assert capabilities.max_batch_size == module.MAX_BATCH_ROWS
 
 
+def _series(key: str, count: int, first_step: int = 0) -> MetricSeries:
+    steps = list(range(first_step, first_step + count))
+    return MetricSeries(run_id="r", key=key, values=[float(step) for step in steps],
+                        steps=steps, stamps=[1_700_000_000_000_000] * count,
+                        seqs=[f"s:{step:06d}" for step in steps])
+
+
+def test_series_chunks_split_long_series():
+    series = [_series("a", 5), _series("b", 12), _series("c", 3)]
+    chunks = list(module._series_chunks(series, 8))
+    assert [sum(len(one) for one in chunk) for chunk in chunks] == [8, 8, 4]
+    assert [[(one.key, one.steps[0], len(one)) for one in chunk] for chunk in chunks] \
+        == [[("a", 0, 5), ("b", 0, 3)], [("b", 3, 8)], [("b", 11, 1), ("c", 0, 3)]]
+    assert chunks[0][0] is series[0]
+
+
+def test_series_rows_partitioned():
+    day = module.DAY_MICROS
+    series = MetricSeries(run_id="r", key="m", values=[1.0, 2.0, 3.0, 4.0],
+                          steps=[999, 1_000, 1_000, 1_001],
+                          stamps=[5 * day, 5 * day, 6 * day, 6 * day],
+                          seqs=["a", "b", "c", "d"])
+    partitions = module._series_rows([series])
+    assert partitions == {
+        ("m", 0, 5): [(999, 5 * day, "a", 1.0, None)],
+        ("m", 1, 5): [(1_000, 5 * day, "b", 2.0, None)],
+        ("m", 1, 6): [(1_000, 6 * day, "c", 3.0, None), (1_001, 6 * day, "d", 4.0, None)],
+    }
+
+
 # ---------------------------------------------------------------------------
 # Against a server
 # ---------------------------------------------------------------------------
@@ -615,6 +645,134 @@ class TestWithServer:
 # ---------------------------------------------------------------------------
 # Telemetry
 # ---------------------------------------------------------------------------
+
+
+def _point(run_id, key, step, value=None, **extra):
+    stamp = datetime(2024, 1, 2, tzinfo=UTC) + timedelta(seconds=step)
+    return MetricPoint(run_id=run_id, key=key, value=float(step if value is None
+                                                           else value),
+                       step=step, timestamp=stamp, seq=f"seq-{step}", **extra)
+
+
+def _latest_step(backend, run_id, key):
+    return backend.metrics.latest([run_id])[run_id][key].step
+
+
+class TestMetricAppendWithServer:
+    pytestmark = needs_server
+
+    def test_point_batch_matches_driver_bind(self, backend):
+        prepared = backend.cql.connection.prepare(module.INSERT_POINT)
+        binder = module._PointBinder(prepared)
+        rows = [(step, 1_700_000_000_000_000 + step, f"seq-{step}", step / 3,
+                 None if step % 2 else '{"unit":"s"}') for step in range(5)]
+        key = (backend.cql.store, "run", "m", 0, 19_675)
+        batch = binder.batch(key, rows)
+        entries = batch._statements_and_parameters
+        unset = cassandra.query.UNSET_VALUE
+        for row, (_, _, values) in zip(rows, entries):
+            expected = prepared.bind((*key, *row[:4],
+                                      unset if row[4] is None else row[4])).values
+            assert values == expected
+        generic = sum(module._bound_bytes(values) for _, _, values in entries)
+        assert batch.bound_bytes == generic
+        assert batch.routing_key == prepared.bind((*key, *rows[0][:4], None)).routing_key
+
+    def test_series_and_points_store_same_rows(self, backend, monkeypatch):
+        monkeypatch.setattr(limits, "MAX_METRIC_BATCH", 700)
+        day = module.DAY_MICROS
+        steps = list(range(0, 2_100, 2))
+        stamps = [19_000 * day + step * 100_000_000 for step in steps]
+        series = MetricSeries(run_id="by-series", key="m", values=[s / 7 for s in steps],
+                              steps=steps, stamps=stamps,
+                              seqs=[f"s{step:05d}" for step in steps])
+        backend.metrics.append_series("by-series", [series])
+        points = [MetricPoint(run_id="by-points", key=p.key, value=p.value, step=p.step,
+                              timestamp=p.timestamp, seq=p.seq)
+                  for p in series.points()]
+        backend.metrics.append("by-points", points)
+        by_series = [(p.step, p.timestamp, p.seq, p.value)
+                     for p in backend.metrics.history("by-series", "m")]
+        by_points = [(p.step, p.timestamp, p.seq, p.value)
+                     for p in backend.metrics.history("by-points", "m")]
+        assert len(by_series) == len(steps)
+        assert by_series == by_points
+        assert _latest_step(backend, "by-series", "m") == 2_098
+        partitions = _raw(backend, module.SELECT_RUN_PARTITIONS,
+                          (backend.cql.store, "by-series"))
+        assert len(partitions) > 3
+
+    def test_retried_series_adds_nothing(self, backend):
+        series = _series("m", 50)
+        backend.metrics.append_series("r", [series])
+        backend.metrics.append_series("r", [series])
+        assert len(list(backend.metrics.history("r", "m"))) == 50
+        assert _latest_step(backend, "r", "m") == 49
+
+    def test_point_without_extras_leaves_extra_unset(self, backend):
+        point = _point("r", "m", 1)
+        day = module._micros(point.timestamp) // module.DAY_MICROS
+        partition = (backend.cql.store, "r", "m", 0, day)
+        backend.cql.run(module.INSERT_POINT, (*partition, 1, module._micros(
+            point.timestamp), point.seq, 1.0, "marker"))
+        backend.metrics.append("r", [point])
+        # A null would have replaced the stored text with a tombstone.
+        select = f"SELECT extra FROM {{ks}}.metric_points WHERE {module.POINTS_KEY}"
+        assert _raw(backend, select, partition) == [("marker",)]
+
+    def test_latest_raised_by_another_writer(self, harness):
+        first = harness.create()
+        other = module.CassandraBackend(first.config)
+        try:
+            first.metrics.append("r", [_point("r", "m", 5)])
+            other.metrics.append("r", [_point("r", "m", 10)])
+            # `first` still expects step 5 to be stored, so its update fails,
+            # and it reads step 10 and leaves it.
+            first.metrics.append("r", [_point("r", "m", 7)])
+            assert _latest_step(first, "r", "m") == 10
+            first.metrics.append("r", [_point("r", "m", 12)])
+            assert _latest_step(other, "r", "m") == 12
+        finally:
+            other.close()
+            harness.destroy(first)
+
+    def test_latest_written_after_delete_elsewhere(self, harness):
+        first = harness.create()
+        other = module.CassandraBackend(first.config)
+        try:
+            first.metrics.append("r", [_point("r", "m", 10)])
+            other.metrics.delete_run("r")
+            # A lower step than the one `first` remembers must still be written.
+            first.metrics.append("r", [_point("r", "m", 3)])
+            assert _latest_step(other, "r", "m") == 3
+            other.metrics.delete_run("r")
+            first.metrics.append("r", [_point("r", "m", 20)])
+            assert _latest_step(other, "r", "m") == 20
+            assert [p.step for p in other.metrics.history("r", "m")] == [20]
+        finally:
+            other.close()
+            harness.destroy(first)
+
+    def test_known_latest_skips_read(self, backend, monkeypatch):
+        backend.metrics.append("r", [_point("r", "m", 1)])
+        reads = []
+        original = backend.cql.start
+
+        def counting(cql, params, *args, **kwargs):
+            if cql == module.SELECT_LATEST_ORDER:
+                reads.append(params)
+            return original(cql, params, *args, **kwargs)
+
+        monkeypatch.setattr(backend.cql, "start", counting)
+        backend.metrics.append("r", [_point("r", "m", 2)])
+        assert reads == []
+        # Nothing to raise by the remembered point, so the stored one is read.
+        backend.metrics.append("r", [_point("r", "m", 0)])
+        assert len(reads) == 1
+        assert _latest_step(backend, "r", "m") == 2
+        backend.metrics.append("r", [_point("r", "m", 3), _point("r", "new", 0)])
+        assert len(reads) == 2
+        assert _latest_step(backend, "r", "new") == 0
 
 
 def _grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
