@@ -5,10 +5,10 @@ metric, from one appended batch, so a point costs a few bytes of a row
 instead of a row of its own. The primary key is (run, metric, first step,
 digest of the points' seqs). A retried batch carries the same seqs and steps,
 so it rebuilds the same chunks and replaces them, even when its points got new
-timestamps. A batch that is sent again with more points (an importer bringing
-a run forward) forms new chunks. Points that repeat a stored step, timestamp
-and seq are then dropped on read, keeping the most recently written copy, but
-the copies still take space. A history read merges the chunks of a metric in step order and
+timestamps. A batch sent again with more or fewer points (an importer
+bringing a run forward) forms new chunks, and the points of its earlier chunks
+whose seqs it repeats are removed in the same transaction (the `batch` column
+finds those chunks). A history read merges the chunks of a metric in step order and
 opens a chunk only when the merge reaches its first step, so memory stays
 bounded by the chunks whose step ranges overlap.
 
@@ -55,10 +55,13 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 METRICS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS metric_chunks (
     run_id TEXT NOT NULL, key TEXT NOT NULL, first_step INTEGER NOT NULL,
-    digest TEXT NOT NULL, last_step INTEGER NOT NULL, count INTEGER NOT NULL,
+    digest TEXT NOT NULL, first_ts INTEGER NOT NULL, first_seq TEXT NOT NULL,
+    last_step INTEGER NOT NULL, last_ts INTEGER NOT NULL, last_seq TEXT NOT NULL,
+    count INTEGER NOT NULL, batch TEXT NOT NULL,
     written INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (run_id, key, first_step, digest)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metric_chunks_batch ON metric_chunks (run_id, key, batch);
 CREATE TABLE IF NOT EXISTS metric_latest (
     run_id TEXT NOT NULL, key TEXT NOT NULL, seq TEXT NOT NULL,
     step INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL, bits TEXT, extra TEXT,
@@ -101,8 +104,9 @@ def row_point(run_id: str, key: str, row: Sequence[Any]) -> MetricPoint:
 
 
 _INSERT_CHUNK = (
-    "INSERT OR REPLACE INTO metric_chunks (run_id, key, first_step, digest, last_step, "
-    "count, written, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+    "INSERT OR REPLACE INTO metric_chunks (run_id, key, first_step, digest, first_ts, "
+    "first_seq, last_step, last_ts, last_seq, count, batch, written, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 class Chunk(NamedTuple):
@@ -270,29 +274,111 @@ def latest_row(run_id: str, key: str, chunk: Chunk) -> tuple:
             extra)
 
 
+def batch_of(chunk: Chunk) -> str:
+    """Return the batch id that every seq of the chunk starts with, or "" if none.
+
+    The core writes seqs as `BATCH:INDEX`. Strings between two that share a
+    prefix share it too, so checking the least and greatest seq is enough.
+    """
+    low, high = min(chunk.seqs), max(chunk.seqs)
+    batch, separator, _ = low.rpartition(":")
+    if not separator or not high.startswith(batch + ":"):
+        return ""
+    return batch
+
+
+def _chunk_row(run_id: str, key: str, chunk: Chunk, written: int) -> tuple:
+    return (run_id, key, chunk.steps[0], chunk_digest(chunk), chunk.stamps[0],
+            chunk.seqs[0], chunk.steps[-1], chunk.stamps[-1], chunk.seqs[-1],
+            len(chunk.seqs), batch_of(chunk), written, encode_chunk(chunk))
+
+
 def write_chunks(conn: sqlite3.Connection, run_id: str,
                  packed: list[tuple[str, list[Chunk]]]) -> None:
-    """Write packed chunks and update the latest points, inside the caller's transaction."""
+    """Write packed chunks and update the latest points, inside the caller's transaction.
+
+    A batch sent again replaces the points of its earlier attempt that carry
+    the same seqs, also when it has more or fewer points than before or new
+    timestamps; the earlier attempt's other points stay. The latest point of a
+    metric touched by such a retry is then recomputed from its chunks.
+    """
     rows = []
     latest = []
+    retried = []
     written = time.time_ns()
     for key, chunks in packed:
+        new_rows = [_chunk_row(run_id, key, chunk, written) for chunk in chunks]
+        if _supersede(conn, run_id, key, chunks, new_rows, written):
+            retried.append(key)
+        rows += new_rows
         best = None
         for chunk in chunks:
-            rows.append((run_id, key, chunk.steps[0], chunk_digest(chunk), chunk.steps[-1],
-                         len(chunk.seqs), written, encode_chunk(chunk)))
             last = (chunk.steps[-1], chunk.stamps[-1], chunk.seqs[-1])
             if best is None or last > best[0]:
                 best = (last, chunk)
         latest.append(latest_row(run_id, key, best[1]))
     conn.executemany(_INSERT_CHUNK, rows)
-    conn.executemany(_UPSERT_LATEST, latest)
+    conn.executemany(_UPSERT_LATEST, [row for row in latest if row[1] not in retried])
+    for key in retried:
+        _recompute_latest(conn, run_id, key)
+
+
+def _supersede(conn: sqlite3.Connection, run_id: str, key: str, chunks: list[Chunk],
+               new_rows: list[tuple], written: int) -> bool:
+    """Remove points that the new chunks' batches stored before; return whether any."""
+    batches = {row[10] for row in new_rows if row[10]}
+    if not batches:
+        return False
+    stored = []
+    for batch in batches:
+        stored += conn.execute(
+            "SELECT first_step, digest, count, data FROM metric_chunks WHERE run_id = ? "
+            "AND key = ? AND batch = ?", [run_id, key, batch]).fetchall()
+    if not stored:
+        return False
+    replaced_ids = {(row[2], row[3]) for row in new_rows}
+    seqs = {seq for chunk in chunks for seq in chunk.seqs}
+    for first_step, digest, count, data in stored:
+        if (first_step, digest) in replaced_ids:
+            continue
+        old = decode_chunk(data, count)
+        keep = [i for i, seq in enumerate(old.seqs) if seq not in seqs]
+        conn.execute("DELETE FROM metric_chunks WHERE run_id = ? AND key = ? AND "
+                     "first_step = ? AND digest = ?", [run_id, key, first_step, digest])
+        if keep:
+            rest = Chunk(array("q", [old.steps[i] for i in keep]),
+                         array("q", [old.stamps[i] for i in keep]),
+                         array("d", [old.values[i] for i in keep]),
+                         [old.seqs[i] for i in keep],
+                         None if old.extras is None else [old.extras[i] for i in keep])
+            conn.execute(_INSERT_CHUNK, _chunk_row(run_id, key, rest, written))
+    return True
+
+
+def _recompute_latest(conn: sqlite3.Connection, run_id: str, key: str) -> None:
+    """Rewrite the latest point of a metric from its chunks with the greatest last step."""
+    best = None
+    for data, count in conn.execute(
+            "SELECT data, count FROM metric_chunks WHERE run_id = ? AND key = ? AND "
+            "last_step = (SELECT MAX(last_step) FROM metric_chunks WHERE run_id = ? AND "
+            "key = ?)", [run_id, key, run_id, key]):
+        chunk = decode_chunk(data, count)
+        last = (chunk.steps[-1], chunk.stamps[-1], chunk.seqs[-1])
+        if best is None or last > best[0]:
+            best = (last, chunk)
+    if best is None:
+        conn.execute("DELETE FROM metric_latest WHERE run_id = ? AND key = ?",
+                     [run_id, key])
+        return
+    conn.execute("INSERT OR REPLACE INTO metric_latest (run_id, key, seq, step, ts, value, "
+                 "bits, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 latest_row(run_id, key, best[1]))
 
 
 class _ChunkMeta(NamedTuple):
-    first_step: int
+    first: tuple[int, int, str]
     digest: str
-    last_step: int
+    last: tuple[int, int, str]
     count: int
     written: int
 
@@ -317,8 +403,8 @@ class LocalMetricRepository(MetricRepository):
 
     def history(self, run_id, key, *, min_step=None, max_step=None, start=None,
                 end=None) -> Iterator[MetricPoint]:
-        sql = ("SELECT first_step, digest, last_step, count, written FROM metric_chunks "
-               "WHERE run_id = ? AND key = ?")
+        sql = ("SELECT first_step, first_ts, first_seq, digest, last_step, last_ts, "
+               "last_seq, count, written FROM metric_chunks WHERE run_id = ? AND key = ?")
         params: list[Any] = [run_id, key]
         if min_step is not None:
             sql += " AND last_step >= ?"
@@ -326,8 +412,9 @@ class LocalMetricRepository(MetricRepository):
         if max_step is not None:
             sql += " AND first_step <= ?"
             params.append(max_step)
-        sql += " ORDER BY first_step, digest"
-        metas = [_ChunkMeta(*row) for row in self.db.query(sql, params)]
+        sql += " ORDER BY first_step, first_ts, first_seq, digest"
+        metas = [_ChunkMeta(row[0:3], row[3], row[4:7], row[7], row[8])
+                 for row in self.db.query(sql, params)]
         low = None if start is None else to_micros(start)
         high = None if end is None else to_micros(end)
         for step, stamp, seq, value, extra in self._merged(run_id, key, metas):
@@ -346,7 +433,7 @@ class LocalMetricRepository(MetricRepository):
     def _load(self, run_id: str, key: str, meta: _ChunkMeta) -> Iterator[tuple]:
         rows = self.db.query(
             "SELECT data, count FROM metric_chunks WHERE run_id = ? AND key = ? AND "
-            "first_step = ? AND digest = ?", [run_id, key, meta.first_step, meta.digest])
+            "first_step = ? AND digest = ?", [run_id, key, meta.first[0], meta.digest])
         if not rows:
             # Replaced or deleted since the chunk list was read.
             return iter(())
@@ -357,8 +444,9 @@ class LocalMetricRepository(MetricRepository):
     def _merged(self, run_id: str, key: str, metas: list[_ChunkMeta]) -> Iterator[tuple]:
         """Yield (step, timestamp, seq, value, extra) of every chunk in history order.
 
-        A chunk contains no step below its first step, so it is opened only when
-        the smallest step waiting in the merge reaches that first step. Among
+        A chunk contains no point before its first one in history order, so it
+        is opened only when the smallest point waiting in the merge reaches
+        that first point. Among
         copies of one (step, timestamp, seq), the most recently written chunk's
         comes first and the others are dropped.
         """
@@ -367,7 +455,7 @@ class LocalMetricRepository(MetricRepository):
         previous = None
         while True:
             while waiting < len(metas) and (
-                    not heap or metas[waiting].first_step <= heap[0][0][0]):
+                    not heap or metas[waiting].first <= heap[0][0]):
                 entries = self._load(run_id, key, metas[waiting])
                 first = next(entries, None)
                 if first is not None:
@@ -377,8 +465,7 @@ class LocalMetricRepository(MetricRepository):
             if not heap:
                 return
             if len(heap) == 1 and (waiting == len(metas)
-                                   or metas[waiting].first_step
-                                   > metas[heap[0][2]].last_step):
+                                   or metas[waiting].first > metas[heap[0][2]].last):
                 # No other chunk overlaps this one, so stream it straight through.
                 order, _, _, entry, entries = heap.pop()
                 if order != previous:
@@ -455,6 +542,5 @@ def _write_group(conn: sqlite3.Connection, points: list[MetricPoint]) -> None:
     if not points:
         return
     chunk = _chunk(points)
-    conn.execute(_INSERT_CHUNK, (points[0].run_id, points[0].key, chunk.steps[0],
-                                 chunk_digest(chunk), chunk.steps[-1], len(chunk.seqs),
-                                 time.time_ns(), encode_chunk(chunk)))
+    conn.execute(_INSERT_CHUNK, _chunk_row(points[0].run_id, points[0].key, chunk,
+                                           time.time_ns()))

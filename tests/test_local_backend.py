@@ -196,3 +196,60 @@ def test_point_rows_of_older_store_packed(tmp_path):
     tables = {name for (name,) in store.backend.db.query(
         "SELECT name FROM sqlite_schema WHERE type = 'table'")}
     assert "metric_points" not in tables
+
+
+def test_batch_resent_with_more_points(tmp_path):
+    store, run = _store_with_run(tmp_path)
+    points = [{"key": "m", "value": float(s), "step": s} for s in range(7)]
+    store.log_metrics(run.id, points[:5], batch_id="B")
+    store.log_metrics(run.id, points, batch_id="B")
+    assert [p.step for p in store.metric_history(run.id, "m")] == list(range(7))
+    assert store.latest_metrics(run.id)["m"].step == 6
+
+
+def test_batch_resent_with_fewer_points(tmp_path):
+    store, run = _store_with_run(tmp_path)
+    store.log_metrics(run.id, [{"key": "m", "value": 1.0, "step": s} for s in range(7)],
+                      batch_id="B")
+    store.log_metrics(run.id, [{"key": "m", "value": 2.0, "step": s} for s in range(5)],
+                      batch_id="B")
+    history = list(store.metric_history(run.id, "m"))
+    # Points are identified by seq: the resent ones are replaced, the rest kept.
+    assert [(p.step, p.value) for p in history] == [
+        (0, 2.0), (1, 2.0), (2, 2.0), (3, 2.0), (4, 2.0), (5, 1.0), (6, 1.0)]
+
+
+def test_resent_batch_recomputes_latest(tmp_path):
+    store, run = _store_with_run(tmp_path)
+    first = [MetricPoint(run_id=run.id, key="m", value=1.0, step=10,
+                         timestamp=BASE + timedelta(seconds=5)),
+             MetricPoint(run_id=run.id, key="m", value=2.0, step=10,
+                         timestamp=BASE + timedelta(seconds=1))]
+    store.log_metrics(run.id, first, batch_id="D")
+    assert store.latest_metrics(run.id)["m"].value == 1.0
+    again = [MetricPoint(run_id=run.id, key="m", value=1.0, step=10, timestamp=BASE),
+             first[1]]
+    store.log_metrics(run.id, again, batch_id="D")
+    assert [p.value for p in store.metric_history(run.id, "m")] == [1.0, 2.0]
+    assert store.latest_metrics(run.id)["m"].value == 2.0
+
+
+def test_points_sharing_step_and_time_stream_bounded(tmp_path):
+    store, run = _store_with_run(tmp_path)
+    count = 50 * CHUNK_POINTS
+    with mltrail.start_run(store, "e", capture_env=False,
+                           capture_code=False) as active:
+        active.log_metric_series("m", [0.5] * count, steps=[0] * count, timestamps=BASE)
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        seen = sum(1 for _ in store.metric_history(active.id, "m"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seen == count
+    # Opening all 50 chunks at once would hold every point, well over 20 MB.
+    assert peak < 10_000_000, peak
