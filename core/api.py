@@ -263,7 +263,9 @@ class ActiveRun:
 
         The checks are those of `MetricPoint.validate`. A point with a known key,
         a float value, an int step and no optional fields takes an inlined copy
-        of its fast path. Any other point goes through `validate` itself.
+        of its fast path. Any other point goes through `validate` itself. When
+        the flush that this point triggers raises, the point stays buffered and
+        the next flush writes it, so do not log it again.
         """
         index = self._buffered
         if extra or type(value) is not float or type(step) is not int \
@@ -271,9 +273,9 @@ class ActiveRun:
                 or key not in self._checked_keys \
                 or timestamp is not None and (type(timestamp) is not datetime
                                               or timestamp.tzinfo is not timezone.utc):
-            point = MetricPoint(run_id=self._run_id, key=key, value=value, step=step,
-                                timestamp=timestamp or utcnow(),
-                                seq=self._seq_prefix + _seq_suffix(index), **extra)
+            point = _new_point(self._run_id, key, value, step,
+                               utcnow() if timestamp is None else timestamp,
+                               self._seq_prefix + _seq_suffix(index), extra)
             point.validate()
             self._remember_key(point.key)
             if point.has_extras():
@@ -326,9 +328,15 @@ class ActiveRun:
 
     def log_metrics(self, values: Mapping[str, float], step: int = 0,
                     timestamp: datetime | None = None, **extra: Any) -> None:
-        """Buffer one point per key; without `timestamp` they share the current time."""
+        """Buffer one point per key; without `timestamp` they share the current time.
+
+        Every point is validated before any is buffered, so one invalid value
+        rejects them all.
+        """
         if timestamp is None:
             timestamp = utcnow()
+        for key, value in values.items():
+            _new_point(self._run_id, key, value, step, timestamp, "", extra).validate()
         for key, value in values.items():
             self.log_metric(key, value, step, timestamp, **extra)
 
@@ -364,7 +372,7 @@ class ActiveRun:
     @staticmethod
     def _series_timestamps(key: str, timestamps: Any, count: int) -> list | None:
         """Return one UTC time per point, or None when one time serves them all."""
-        if timestamps is None or isinstance(timestamps, (datetime, str)):
+        if timestamps is None or isinstance(timestamps, (datetime, str, int, float)):
             return None
         stamps = [to_utc(stamp, "timestamp") for stamp in _as_list(timestamps,
                                                                    "timestamps")]
@@ -519,7 +527,19 @@ def _check_steps(steps: list) -> None:
             check_step(step)
 
 
-def _series_time(timestamp: datetime | str | None) -> datetime:
+def _new_point(run_id: str, key: Any, value: Any, step: Any, timestamp: Any, seq: str,
+               extra: dict[str, Any]) -> MetricPoint:
+    """Return an unvalidated point; an unknown optional field raises InvalidInputError."""
+    unknown = sorted(set(extra) - set(MetricPoint.optional_fields))
+    if unknown:
+        raise InvalidInputError(
+            f"metric {key!r} has unknown fields {unknown}; the optional fields are "
+            f"{list(MetricPoint.optional_fields)}", unknown)
+    return MetricPoint(run_id=run_id, key=key, value=value, step=step, timestamp=timestamp,
+                       seq=seq, **extra)
+
+
+def _series_time(timestamp: datetime | str | int | float | None) -> datetime:
     return utcnow() if timestamp is None else to_utc(timestamp, "timestamp")
 
 

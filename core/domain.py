@@ -206,7 +206,12 @@ def check_float(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInputError(f"{what} must be a number, got {value!r}", value)
     if isinstance(value, int):
-        as_float = float(value)
+        try:
+            as_float = float(value)
+        except OverflowError:
+            raise InvalidInputError(
+                f"{what} is an int of {len(str(abs(value)))} digits, beyond the float64 "
+                "range", value) from None
         if as_float != value:
             raise InvalidInputError(f"{what} {value!r} cannot be held exactly as float64", value)
         return as_float

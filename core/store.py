@@ -528,8 +528,13 @@ class Store:
 
     def log_metric(self, run_id: str, key: str, value: float, step: int = 0,
                    timestamp: datetime | None = None, **extra: Any) -> MetricPoint:
-        point = MetricPoint(run_id=run_id, key=key, value=value, step=step,
-                            timestamp=timestamp or utcnow(), **extra)
+        try:
+            point = MetricPoint(run_id=run_id, key=key, value=value, step=step,
+                                timestamp=utcnow() if timestamp is None else timestamp,
+                                **extra)
+        except TypeError as error:
+            raise InvalidInputError(f"invalid metric point for {key!r}: {error}",
+                                    sorted(extra)) from None
         self.log_metrics(run_id, [point])
         return point
 

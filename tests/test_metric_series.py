@@ -233,3 +233,38 @@ def test_plain_points_flush_in_one_write(store):
     assert calls["metrics.append"] == 1
     assert len(_history(store, run.id, "loss")) == 6
     assert [p.value for p in _history(store, run.id, "acc")] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_log_metrics_rejects_all_on_one_bad_value(store):
+    with mltrail.start_run(store, "exp") as run:
+        with pytest.raises(InvalidInputError, match="'b'"):
+            run.log_metrics({"a": 1.0, "b": "oops", "c": 3.0}, step=0)
+    assert store.metric_keys(run.id) == []
+
+
+def test_int_beyond_float_range_rejected(store):
+    with mltrail.start_run(store, "exp") as run:
+        with pytest.raises(InvalidInputError, match="beyond the float64 range"):
+            run.log_metric("big", 2 ** 1024)
+        with pytest.raises(InvalidInputError, match="beyond the float64 range"):
+            run.log_metric_series("big", [1.0, 2 ** 1024])
+    assert store.metric_keys(run.id) == []
+
+
+def test_unknown_optional_field_rejected(store):
+    with mltrail.start_run(store, "exp") as run:
+        with pytest.raises(InvalidInputError, match="colour"):
+            run.log_metric("k", 1.0, colour="red")
+        with pytest.raises(InvalidInputError, match="colour"):
+            store.log_metric(run.id, "k", 1.0, colour="red")
+    assert store.metric_keys(run.id) == []
+
+
+def test_epoch_zero_timestamp_kept(store):
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    with mltrail.start_run(store, "exp") as run:
+        run.log_metric("a", 1.0, timestamp=0)
+        run.log_metric_series("b", [1.0, 2.0], timestamps=0)
+    store.log_metric(run.id, "c", 1.0, timestamp=0)
+    for key in ("a", "b", "c"):
+        assert {p.timestamp for p in _history(store, run.id, key)} == {epoch}, key

@@ -23,8 +23,10 @@ def sqlite_storage_stats(path: str | Path) -> dict[str, Any]:
     The result has `collections` (table -> {"bytes", "index_bytes", "pages"}),
     `total_bytes` (pages in use times page size), `free_bytes` (pages on the
     free list), `file_bytes` and `wal_bytes` (sizes on disk) and `method`
-    ("dbstat" or "page_count"). Pages written to the WAL file but not yet
-    checkpointed are counted in `wal_bytes` only.
+    ("dbstat" or "page_count"). The connection reads through the WAL file, so
+    `total_bytes` and the per-table figures include pages not yet checkpointed
+    and can exceed `file_bytes` until a checkpoint; `wal_bytes` is the WAL
+    file's own size.
     """
     location = Path(path)
     if not location.is_file():
