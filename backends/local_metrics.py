@@ -6,9 +6,9 @@ instead of a row of its own. The primary key is (run, metric, first step,
 digest of the points' seqs). A retried batch carries the same seqs and steps,
 so it rebuilds the same chunks and replaces them, even when its points got new
 timestamps. A batch sent again with more or fewer points (an importer
-bringing a run forward) forms new chunks, and the points of its earlier chunks
-whose seqs it repeats are removed in the same transaction (the `batch` column
-finds those chunks). A history read merges the chunks of a metric in step order and
+bringing a run forward) forms new chunks. The same transaction removes the
+points of its earlier chunks whose seqs it repeats, which the indexed `batch`
+column finds. A history read merges the chunks of a metric in step order and
 opens a chunk only when the merge reaches its first step, so memory stays
 bounded by the chunks whose step ranges overlap.
 
@@ -299,8 +299,8 @@ def write_chunks(conn: sqlite3.Connection, run_id: str,
 
     A batch sent again replaces the points of its earlier attempt that carry
     the same seqs, also when it has more or fewer points than before or new
-    timestamps; the earlier attempt's other points stay. The latest point of a
-    metric touched by such a retry is then recomputed from its chunks.
+    timestamps. The earlier attempt's other points stay, and the latest point
+    of a metric touched by such a retry is recomputed from its chunks.
     """
     rows = []
     latest = []
