@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS metric_chunks (
     written INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (run_id, key, first_step, digest)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS metric_chunks_batch ON metric_chunks (run_id, key, batch);
+CREATE INDEX IF NOT EXISTS metric_chunks_run_batch ON metric_chunks (run_id, batch);
 CREATE TABLE IF NOT EXISTS metric_latest (
     run_id TEXT NOT NULL, key TEXT NOT NULL, seq TEXT NOT NULL,
     step INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL, bits TEXT, extra TEXT,
@@ -302,45 +302,50 @@ def write_chunks(conn: sqlite3.Connection, run_id: str,
     timestamps. The earlier attempt's other points stay, and the latest point
     of a metric touched by such a retry is recomputed from its chunks.
     """
-    rows = []
-    latest = []
-    retried = []
     written = time.time_ns()
+    # A flush can pack one key twice: its buffered points and a series.
+    by_key: dict[str, list[Chunk]] = {}
     for key, chunks in packed:
-        new_rows = [_chunk_row(run_id, key, chunk, written) for chunk in chunks]
-        if _supersede(conn, run_id, key, chunks, new_rows, written):
-            retried.append(key)
-        rows += new_rows
-        best = None
-        for chunk in chunks:
-            last = (chunk.steps[-1], chunk.stamps[-1], chunk.seqs[-1])
-            if best is None or last > best[0]:
-                best = (last, chunk)
-        latest.append(latest_row(run_id, key, best[1]))
-    conn.executemany(_INSERT_CHUNK, rows)
-    conn.executemany(_UPSERT_LATEST, [row for row in latest if row[1] not in retried])
+        by_key.setdefault(key, []).extend(chunks)
+    rows = {key: [_chunk_row(run_id, key, chunk, written) for chunk in chunks]
+            for key, chunks in by_key.items()}
+    retried = _supersede(conn, run_id, by_key, rows, written)
+    conn.executemany(_INSERT_CHUNK, [row for key_rows in rows.values() for row in key_rows])
+    conn.executemany(_UPSERT_LATEST, [latest_row(run_id, key, _latest_chunk(chunks))
+                                      for key, chunks in by_key.items()
+                                      if key not in retried])
     for key in retried:
         _recompute_latest(conn, run_id, key)
 
 
-def _supersede(conn: sqlite3.Connection, run_id: str, key: str, chunks: list[Chunk],
-               new_rows: list[tuple], written: int) -> bool:
-    """Remove points that the new chunks' batches stored before; return whether any."""
-    batches = {row[10] for row in new_rows if row[10]}
-    if not batches:
-        return False
+def _latest_chunk(chunks: Sequence[Chunk]) -> Chunk:
+    """Return the chunk whose last point is the latest in history order."""
+    return max(chunks, key=lambda chunk: (chunk.steps[-1], chunk.stamps[-1],
+                                          chunk.seqs[-1]))
+
+
+def _supersede(conn: sqlite3.Connection, run_id: str, packed: dict[str, list[Chunk]],
+               rows: dict[str, list[tuple]], written: int) -> set[str]:
+    """Remove points that the new chunks' batches stored before; return their keys.
+
+    One indexed query per batch id, usually one per append, finds the chunks
+    that earlier attempts of the same batches stored.
+    """
+    batches = {row[10] for key_rows in rows.values() for row in key_rows if row[10]}
     stored = []
     for batch in batches:
         stored += conn.execute(
-            "SELECT first_step, digest, count, data FROM metric_chunks WHERE run_id = ? "
-            "AND key = ? AND batch = ?", [run_id, key, batch]).fetchall()
-    if not stored:
-        return False
-    replaced_ids = {(row[2], row[3]) for row in new_rows}
-    seqs = {seq for chunk in chunks for seq in chunk.seqs}
-    for first_step, digest, count, data in stored:
-        if (first_step, digest) in replaced_ids:
+            "SELECT key, first_step, digest, count, data FROM metric_chunks "
+            "WHERE run_id = ? AND batch = ?", [run_id, batch]).fetchall()
+    retried = set()
+    for key, first_step, digest, count, data in stored:
+        if key not in packed:
             continue
+        retried.add(key)
+        if any((row[2], row[3]) == (first_step, digest) for row in rows[key]):
+            # The same chunk again: the insert replaces it.
+            continue
+        seqs = {seq for chunk in packed[key] for seq in chunk.seqs}
         old = decode_chunk(data, count)
         keep = [i for i, seq in enumerate(old.seqs) if seq not in seqs]
         conn.execute("DELETE FROM metric_chunks WHERE run_id = ? AND key = ? AND "
@@ -352,27 +357,26 @@ def _supersede(conn: sqlite3.Connection, run_id: str, key: str, chunks: list[Chu
                          [old.seqs[i] for i in keep],
                          None if old.extras is None else [old.extras[i] for i in keep])
             conn.execute(_INSERT_CHUNK, _chunk_row(run_id, key, rest, written))
-    return True
+    return retried
 
 
 def _recompute_latest(conn: sqlite3.Connection, run_id: str, key: str) -> None:
-    """Rewrite the latest point of a metric from its chunks with the greatest last step."""
-    best = None
-    for data, count in conn.execute(
-            "SELECT data, count FROM metric_chunks WHERE run_id = ? AND key = ? AND "
-            "last_step = (SELECT MAX(last_step) FROM metric_chunks WHERE run_id = ? AND "
-            "key = ?)", [run_id, key, run_id, key]):
-        chunk = decode_chunk(data, count)
-        last = (chunk.steps[-1], chunk.stamps[-1], chunk.seqs[-1])
-        if best is None or last > best[0]:
-            best = (last, chunk)
-    if best is None:
+    """Rewrite the latest point of a metric from the chunk whose last point is latest.
+
+    A chunk is sorted in history order, so its last point is its latest, and
+    the columns `last_step`, `last_ts` and `last_seq` find the chunk.
+    """
+    found = conn.execute(
+        "SELECT data, count FROM metric_chunks WHERE run_id = ? AND key = ? "
+        "ORDER BY last_step DESC, last_ts DESC, last_seq DESC LIMIT 1",
+        [run_id, key]).fetchone()
+    if found is None:
         conn.execute("DELETE FROM metric_latest WHERE run_id = ? AND key = ?",
                      [run_id, key])
         return
     conn.execute("INSERT OR REPLACE INTO metric_latest (run_id, key, seq, step, ts, value, "
                  "bits, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                 latest_row(run_id, key, best[1]))
+                 latest_row(run_id, key, decode_chunk(*found)))
 
 
 class _ChunkMeta(NamedTuple):
