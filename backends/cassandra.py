@@ -73,6 +73,7 @@ from mltrail.backend import (
     LineageRepository,
     MetricRepository,
     ScanRequest,
+    WriteCounters,
 )
 from mltrail.clock import EPOCH, to_micros, to_utc, utcnow
 from mltrail.domain import (
@@ -929,35 +930,22 @@ def _release(connection: _Connection) -> None:
 # ---------------------------------------------------------------------------
 
 
-class _WriteCounters:
-    """Rows written through one backend object, and the bytes of their bound values.
+def _written_all(statements: Iterable[Any]) -> tuple[int, int]:
+    """Return the rows and bytes that executed statements wrote, for `WriteCounters`.
 
     Each INSERT, UPDATE or DELETE statement that ran counts one row, a batch
-    one row per statement, and a lightweight transaction only when it was
-    applied. A DELETE of a whole partition counts as one row, because Cassandra
-    writes one partition tombstone for it. Bytes are an estimate of what was
-    sent: the serialized bound values, keys and IF conditions included.
+    one row per statement, and the callers pass a lightweight transaction only
+    when it was applied. A DELETE of a whole partition counts as one row,
+    because Cassandra writes one partition tombstone for it. Bytes are an
+    estimate of what was sent: the serialized bound values, keys and IF
+    conditions included.
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._rows = 0
-        self._bytes = 0
-
-    def add(self, statements: Iterable[Any]) -> None:
-        """Add the rows and bytes of statements that the server has executed."""
-        rows = size = 0
-        for statement in statements:
-            statement_rows, statement_bytes = _written(statement)
-            rows += statement_rows
-            size += statement_bytes
-        with self._lock:
-            self._rows += rows
-            self._bytes += size
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {"items_written": self._rows, "bytes_written": self._bytes}
+    rows = size = 0
+    for statement in statements:
+        statement_rows, statement_bytes = _written(statement)
+        rows += statement_rows
+        size += statement_bytes
+    return rows, size
 
 
 def _written(statement: Any) -> tuple[int, int]:
@@ -1000,7 +988,7 @@ class _Cql:
     def __init__(self, connection: _Connection, store: str) -> None:
         self.connection = connection
         self.store = store
-        self.counters = _WriteCounters()
+        self.counters = WriteCounters()
 
     def _fail(self, error: BaseException) -> MltrailError:
         return translate_error(error, self.connection.where)
@@ -1071,7 +1059,7 @@ class _Cql:
         except _driver_errors() as error:
             # NOTE: statements that completed before the error are not counted.
             raise self._fail(error) from error
-        self.counters.add(statement for statement, _ in bound)
+        self.counters.add(*_written_all(statement for statement, _ in bound))
         return [result for _, result in results]
 
     def read_many(self, cql: str, params_list: Sequence[Sequence[Any]]) -> list[list]:
@@ -1107,7 +1095,7 @@ class _Cql:
             try:
                 result = session.execute(statement, execution_profile="conditional")
                 if result.was_applied:
-                    self.counters.add([statement])
+                    self.counters.add(*_written_all([statement]))
                 return result.was_applied, (result.one() or {})
             except _driver_errors() as error:
                 if not _is_cas_unknown(error):
@@ -1117,7 +1105,7 @@ class _Cql:
             outcome = resolve()
             if outcome is not None:
                 if outcome[0]:
-                    self.counters.add([statement])
+                    self.counters.add(*_written_all([statement]))
                 return outcome
             time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
         raise BackendUnavailableError(
@@ -2291,7 +2279,7 @@ class CassandraBackend(Backend):
 
     def telemetry_counters(self) -> dict[str, int]:
         """Return the rows written through this backend object since it was
-        opened, and an estimate of their bytes. See `_WriteCounters` for what
+        opened, and an estimate of their bytes. See `_written_all` for what
         counts."""
         return self.cql.counters.snapshot()
 

@@ -67,6 +67,7 @@ from mltrail.backend import (
     LineageRepository,
     MetricRepository,
     ScanRequest,
+    WriteCounters,
     chunked,
 )
 from mltrail.clock import EPOCH, to_micros, to_utc
@@ -901,25 +902,6 @@ class _Write:
             batch.delete(self.reference, option=self.option)
 
 
-class _WriteCounters:
-    """Documents written by one connection's successful commits, and their bytes."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.documents = 0
-        self.bytes = 0
-
-    def add(self, writes: Sequence[_Write], results: Sequence[Any]) -> None:
-        size = sum(estimated_write_bytes(write) for write in writes)
-        with self._lock:
-            self.documents += len(results)
-            self.bytes += size
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {"items_written": self.documents, "bytes_written": self.bytes}
-
-
 def estimated_write_bytes(write: _Write) -> int:
     """Estimate the bytes one write stores, by Firestore's storage size rules.
 
@@ -1005,7 +987,7 @@ class _Connection:
         # Paths of the documents this connection wrote, kept when a test harness
         # requests it, so that it can delete them without queries.
         self.written: dict[str, Any] | None = {} if track_writes else None
-        self.counters = _WriteCounters()
+        self.counters = WriteCounters()
         transient = (
             google_exceptions.ServiceUnavailable,
             google_exceptions.ResourceExhausted,
@@ -1095,7 +1077,8 @@ class _Connection:
                 self.written[write.reference.path] = write.reference
         with _driver_errors(action):
             results = batch.commit(**self.write_options)
-        self.counters.add(writes, results)
+        self.counters.add(len(results), sum(estimated_write_bytes(write)
+                                            for write in writes))
         return results
 
     def count(self, kind: str, limit: int) -> int:

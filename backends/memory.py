@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from mltrail import limits
 from mltrail.backend import (
     AuditRepository, Backend, BlobRepository, Capabilities, EntityRepository,
-    LineageRepository, MetricRepository, ScanRequest,
+    LineageRepository, MetricRepository, ScanRequest, WriteCounters,
 )
 from mltrail.clock import isoformat
 from mltrail.domain import (
@@ -37,28 +37,9 @@ _NAMED_STORES: dict[str, MemoryBackend] = {}
 _NAMED_LOCK = threading.Lock()
 
 
-class WriteCounter:
-    """Records and bytes written through one memory backend, for store telemetry.
-
-    Bytes are the size of each written record as compact JSON, the form the
-    other backends store; a deletion counts its records but no bytes.
-    """
-
-    def __init__(self) -> None:
-        self.items = 0
-        self.bytes = 0
-
-    def wrote(self, record: Any) -> None:
-        self.items += 1
-        self.bytes += json_size(record)
-
-    def deleted(self, count: int) -> None:
-        self.items += count
-
-
 class MemoryEntityRepository(EntityRepository):
     def __init__(self, entity_type: type[Entity], lock: threading.RLock,
-                 counter: WriteCounter) -> None:
+                 counter: WriteCounters) -> None:
         self.entity_type = entity_type
         self._lock = lock
         self._counter = counter
@@ -86,7 +67,7 @@ class MemoryEntityRepository(EntityRepository):
             self._records[entity.id] = record
             if unique is not None:
                 self._unique[unique] = entity.id
-            self._counter.wrote(record)
+            self._counter.add(1, json_size(record))
 
     def get(self, entity_id: str) -> Entity:
         with self._lock:
@@ -119,13 +100,13 @@ class MemoryEntityRepository(EntityRepository):
                     entity.id,
                 )
             self._records[entity.id] = record
-            self._counter.wrote(record)
+            self._counter.add(1, json_size(record))
 
     def delete(self, entity_id: str) -> None:
         with self._lock:
             record = self._records.pop(entity_id, None)
             if record is not None:
-                self._counter.deleted(1)
+                self._counter.add(1)
                 unique = self._unique_value(record)
                 if unique is not None:
                     self._unique.pop(unique, None)
@@ -150,7 +131,7 @@ class MemoryEntityRepository(EntityRepository):
 
 
 class MemoryMetricRepository(MetricRepository):
-    def __init__(self, lock: threading.RLock, counter: WriteCounter) -> None:
+    def __init__(self, lock: threading.RLock, counter: WriteCounters) -> None:
         self._lock = lock
         self._counter = counter
         # run id -> key -> sorted list of (order key, point record)
@@ -172,7 +153,7 @@ class MemoryMetricRepository(MetricRepository):
                 bisect.insort(series, (order, _point_record(point)),
                               key=lambda item: item[0])
                 self._index[identity] = order
-                self._counter.wrote(point_to_record(point))
+                self._counter.add(1, json_size(point_to_record(point)))
 
     def history(self, run_id, key, *, min_step=None, max_step=None, start=None,
                 end=None) -> Iterator[MetricPoint]:
@@ -207,7 +188,7 @@ class MemoryMetricRepository(MetricRepository):
     def delete_run(self, run_id: str) -> None:
         with self._lock:
             removed = self._series.pop(run_id, {})
-            self._counter.deleted(sum(len(series) for series in removed.values()))
+            self._counter.add(sum(len(series) for series in removed.values()))
             for identity in [i for i in self._index if i[0] == run_id]:
                 del self._index[identity]
 
@@ -235,7 +216,7 @@ def _point_from_record(run_id: str, key: str, record: dict[str, Any]) -> MetricP
 
 
 class MemoryLineageRepository(LineageRepository):
-    def __init__(self, lock: threading.RLock, counter: WriteCounter) -> None:
+    def __init__(self, lock: threading.RLock, counter: WriteCounters) -> None:
         self._lock = lock
         self._counter = counter
         self._nodes: dict[str, LineageNode] = {}
@@ -252,7 +233,7 @@ class MemoryLineageRepository(LineageRepository):
                 )
             if existing is None:
                 self._nodes[node.id] = node
-                self._counter.wrote(node.to_record())
+                self._counter.add(1, json_size(node.to_record()))
 
     def get_node(self, node_id: str) -> LineageNode:
         with self._lock:
@@ -265,7 +246,7 @@ class MemoryLineageRepository(LineageRepository):
         with self._lock:
             if edge.key not in self._edges:
                 self._edges[edge.key] = edge
-                self._counter.wrote(edge.to_record())
+                self._counter.add(1, json_size(edge.to_record()))
 
     def edges(self, node_id: str, direction: str) -> list[LineageEdge]:
         with self._lock:
@@ -291,11 +272,11 @@ class MemoryLineageRepository(LineageRepository):
             edges = [k for k, e in self._edges.items() if node_id in (e.source, e.target)]
             for key in edges:
                 del self._edges[key]
-            self._counter.deleted(removed + len(edges))
+            self._counter.add(removed + len(edges))
 
 
 class MemoryAuditRepository(AuditRepository):
-    def __init__(self, lock: threading.RLock, counter: WriteCounter) -> None:
+    def __init__(self, lock: threading.RLock, counter: WriteCounters) -> None:
         self._lock = lock
         self._counter = counter
         self._events: list[dict[str, Any]] = []
@@ -306,7 +287,7 @@ class MemoryAuditRepository(AuditRepository):
                 raise AlreadyExistsError(f"audit event seq {event.seq} is taken", event.seq)
             record = event.to_record()
             self._events.append(record)
-            self._counter.wrote(record)
+            self._counter.add(1, json_size(record))
 
     def last(self) -> AuditEvent | None:
         with self._lock:
@@ -330,7 +311,7 @@ class MemoryAuditRepository(AuditRepository):
 
 
 class MemoryBlobRepository(BlobRepository):
-    def __init__(self, lock: threading.RLock, counter: WriteCounter) -> None:
+    def __init__(self, lock: threading.RLock, counter: WriteCounters) -> None:
         self._lock = lock
         self._counter = counter
         self._blobs: dict[tuple[str, str], dict[str, Any]] = {}
@@ -338,7 +319,7 @@ class MemoryBlobRepository(BlobRepository):
     def put(self, namespace: str, key: str, record: dict[str, Any]) -> None:
         with self._lock:
             self._blobs[(namespace, key)] = copy.deepcopy(record)
-            self._counter.wrote(record)
+            self._counter.add(1, json_size(record))
 
     def get(self, namespace: str, key: str) -> dict[str, Any]:
         with self._lock:
@@ -356,7 +337,7 @@ class MemoryBlobRepository(BlobRepository):
     def delete(self, namespace: str, key: str) -> None:
         with self._lock:
             if self._blobs.pop((namespace, key), None) is not None:
-                self._counter.deleted(1)
+                self._counter.add(1)
 
 
 class MemoryBackend(Backend):
@@ -368,7 +349,7 @@ class MemoryBackend(Backend):
         self._name = name
         lock = threading.RLock()
         self._lock = lock
-        self._counter = counter = WriteCounter()
+        self._counter = counter = WriteCounters()
         self.experiments = MemoryEntityRepository(Experiment, lock, counter)
         self.runs = MemoryEntityRepository(Run, lock, counter)
         self.datasets = MemoryEntityRepository(Dataset, lock, counter)
@@ -417,10 +398,12 @@ class MemoryBackend(Backend):
         return f"memory://{self._name}"
 
     def telemetry_counters(self) -> dict[str, int]:
-        """Return records written and deleted since this store was created, and bytes."""
-        with self._lock:
-            return {"items_written": self._counter.items,
-                    "bytes_written": self._counter.bytes}
+        """Return records written and deleted since this store was created, and bytes.
+
+        Bytes are the size of each written record as compact JSON, the form the
+        other backends store. A deletion counts its records but no bytes.
+        """
+        return self._counter.snapshot()
 
     def storage_stats(self) -> dict[str, Any]:
         """Return the compact-JSON bytes of the records held, per repository.

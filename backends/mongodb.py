@@ -68,6 +68,7 @@ from mltrail.backend import (
     LineageRepository,
     MetricRepository,
     ScanRequest,
+    WriteCounters,
 )
 from mltrail.clock import (
     EPOCH,
@@ -471,26 +472,8 @@ def _translate(error: Exception, url: str) -> MltrailError:
     return MltrailError(f"the MongoDB store {url!r} failed: {error}", url)
 
 
-class _WriteCounters:
-    """Documents written through one backend object, and their BSON bytes."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items = 0
-        self._bytes = 0
-
-    def add(self, items: int, size: int) -> None:
-        with self._lock:
-            self._items += items
-            self._bytes += size
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {"items_written": self._items, "bytes_written": self._bytes}
-
-
 class _CountedCollection:
-    """A pymongo collection whose writes add to the backend's `_WriteCounters`.
+    """A pymongo collection whose writes add to the backend's `WriteCounters`.
 
     Items are the documents that the server reports as inserted, upserted,
     modified or deleted, so a duplicate key, a replace that matched nothing or
@@ -499,7 +482,7 @@ class _CountedCollection:
     Every other attribute is the collection's own.
     """
 
-    def __init__(self, collection: Any, counters: _WriteCounters) -> None:
+    def __init__(self, collection: Any, counters: WriteCounters) -> None:
         self.collection = collection
         self.counters = counters
 
@@ -623,7 +606,7 @@ class _MongoDatabase:
     def __init__(self, database: Any, url: str) -> None:
         self.database = database
         self.url = url
-        self.counters = _WriteCounters()
+        self.counters = WriteCounters()
 
     def collection(self, name: str) -> _CountedCollection:
         return _CountedCollection(self.database[name], self.counters)

@@ -19,6 +19,7 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Iterable, Iterator, Sequence, TypeVar
@@ -403,6 +404,29 @@ class Backend(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class WriteCounters:
+    """Items and bytes that one backend object has written, for `telemetry_counters()`.
+
+    The figures are cumulative and safe to add to from several threads. A
+    backend adds what each successful write stored, and `snapshot()` returns
+    them under the keys that `mltrail.discovery.telemetry` reads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items = 0
+        self._bytes = 0
+
+    def add(self, items: int, size: int = 0) -> None:
+        with self._lock:
+            self._items += items
+            self._bytes += size
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"items_written": self._items, "bytes_written": self._bytes}
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:

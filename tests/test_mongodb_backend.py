@@ -22,7 +22,7 @@ pytest.importorskip("pymongo", reason="the mongodb extra is not installed")
 import bson
 import pymongo
 from mltrail import codec
-from mltrail.backend import ScanRequest
+from mltrail.backend import ScanRequest, WriteCounters
 from mltrail.backends import mongodb
 from mltrail.backends.mongodb import (
     NEVER,
@@ -1010,7 +1010,7 @@ def test_counters_exact_across_threads(backend):
 
 
 def test_uncounted_write_method_rejected():
-    collection = mongodb._CountedCollection(object(), mongodb._WriteCounters())
+    collection = mongodb._CountedCollection(object(), WriteCounters())
     with pytest.raises(AttributeError, match="update_one is not counted"):
         collection.update_one({}, {"$set": {"a": 1}})
 

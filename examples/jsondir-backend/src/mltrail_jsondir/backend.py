@@ -117,7 +117,7 @@ class JsonDirBackend(Backend):
 
         `mltrail stats` reports them as items and bytes per logical write.
         """
-        return self.files.counters()
+        return self.files.counters.snapshot()
 
     def storage_stats(self) -> dict[str, Any]:
         """Return the bytes on disk under each top-level folder of the store.

@@ -20,12 +20,12 @@ import fcntl
 import json
 import os
 import shutil
-import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
+from mltrail.backend import WriteCounters
 from mltrail.errors import BackendUnavailableError
 
 TEMP_PREFIX = ".tmp-"
@@ -73,10 +73,8 @@ class JsonFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
         # Files moved into place or removed, and bytes moved into place, by this
-        # object; the backend's `telemetry_counters` reports them.
-        self.files_written = 0
-        self.bytes_written = 0
-        self._counter_lock = threading.Lock()
+        # object. The backend's `telemetry_counters` reports them.
+        self.counters = WriteCounters()
 
     def read(self, path: Path) -> Any | None:
         """Return the parsed document at `path`, or None when there is no such file."""
@@ -128,9 +126,7 @@ class JsonFiles:
         with translated("write", path):
             size = temp.stat().st_size
             os.replace(temp, path)
-        with self._counter_lock:
-            self.files_written += 1
-            self.bytes_written += size
+        self.counters.add(1, size)
 
     def discard(self, temp: Path) -> None:
         with translated("remove", temp):
@@ -143,8 +139,7 @@ class JsonFiles:
                 path.unlink()
             except FileNotFoundError:
                 return
-        with self._counter_lock:
-            self.files_written += 1
+        self.counters.add(1)
 
     def remove_tree(self, path: Path) -> None:
         """Remove a folder and everything in it, unless it is already missing."""
@@ -168,11 +163,6 @@ class JsonFiles:
             raise unavailable("list", folder, error) from error
         return sorted(name for name in entries
                       if name.endswith(suffix) and not name.startswith("."))
-
-    def counters(self) -> dict[str, int]:
-        with self._counter_lock:
-            return {"items_written": self.files_written,
-                    "bytes_written": self.bytes_written}
 
     def usage(self) -> dict[str, dict[str, int]]:
         """Return the bytes and file count under each top-level folder of the store."""
