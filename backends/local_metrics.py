@@ -16,11 +16,12 @@ bounded by the chunks whose step ranges overlap.
 latest point with the stored one inside the write transaction, so the row is
 right whatever order batches from several processes arrive in.
 
-Chunk layout: `CHUNK_FORMAT` (one byte), then zlib-compressed little-endian
-arrays of the steps (int64), timestamps (int64 microseconds since the epoch)
-and values (IEEE 754 doubles, so NaN payloads, infinities and -0.0 keep their
-bits), followed by the JSON list of the seqs and the JSON list of each point's
-extras (or nothing when no point has extras).
+Chunk layout: `CHUNK_FORMAT` (one byte), then a zlib-compressed body. The
+body starts with little-endian arrays of the steps (int64), the timestamps
+(int64 microseconds since the epoch) and the values (IEEE 754 doubles, so NaN
+payloads, infinities and -0.0 keep their bits). The JSON list of the seqs
+follows, then the JSON list of each point's extras, left out when no point
+has extras.
 """
 
 from __future__ import annotations
